@@ -1,0 +1,159 @@
+"""Admin: the text protocol of a job server (gearmand or gearnb's), parsed into records."""
+
+from __future__ import annotations
+
+import socket
+from typing import NamedTuple
+
+from .errors import ServerError
+from .servers import parse_servers, split_address
+
+
+class FunctionStatus(NamedTuple):
+    function: str
+    total: int      # queued plus running
+    running: int
+    workers: int    # connected workers that can do it
+
+
+class PriorityStatus(NamedTuple):
+    function: str
+    high: int
+    normal: int
+    low: int
+    workers: int
+
+
+class WorkerInfo(NamedTuple):
+    fd: int
+    ip: str
+    client_id: str
+    functions: list[str]
+
+
+class JobInfo(NamedTuple):
+    handle: str
+    retries: int
+    ignored: bool
+    queued: bool
+
+
+class Admin:
+    """Talks the admin text protocol to one job server.
+
+    >>> Admin("127.0.0.1:4730").status()     # doctest: +SKIP
+    [FunctionStatus(function='reverse', total=0, running=0, workers=1)]
+    """
+
+    def __init__(self, server: str | None = None, timeout: float = 10.0) -> None:
+        self.server = parse_servers(server)[0]
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buf = b""
+
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
+            host, port = split_address(self.server)
+            sock = socket.create_connection((host, port), timeout=self.timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock = sock
+            self._buf = b""
+        return self._sock
+
+    def _line(self) -> bytes:
+        sock = self._connect()
+        while b"\n" not in self._buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                self.close()
+                raise ConnectionError(f"job server {self.server} closed the admin connection")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.rstrip(b"\r")
+
+    def command(self, text: str) -> str:
+        """Send a one-line command; return its one-line answer (raises ServerError on ERR)."""
+        self._connect().sendall(text.encode() + b"\r\n")
+        line = self._line().decode(errors="replace")
+        if line.startswith("ERR "):
+            _, code, *rest = line.split(" ", 2)
+            raise ServerError(code, rest[0].replace("+", " ") if rest else "", self.server)
+        return line
+
+    def list_command(self, text: str) -> list[str]:
+        """Send a command whose answer is lines ending with ``.``."""
+        self._connect().sendall(text.encode() + b"\r\n")
+        lines = []
+        while True:
+            line = self._line().decode(errors="replace")
+            if line == ".":
+                return lines
+            if not lines and line.startswith("ERR "):
+                _, code, *rest = line.split(" ", 2)
+                raise ServerError(code, rest[0].replace("+", " ") if rest else "", self.server)
+            lines.append(line)
+
+    def status(self) -> list[FunctionStatus]:
+        out = []
+        for line in self.list_command("status"):
+            name, total, running, workers = line.split("\t")
+            out.append(FunctionStatus(name, int(total), int(running), int(workers)))
+        return out
+
+    def priority_status(self) -> list[PriorityStatus]:
+        out = []
+        for line in self.list_command("prioritystatus"):
+            name, high, normal, low, workers = line.split("\t")
+            out.append(PriorityStatus(name, int(high), int(normal), int(low), int(workers)))
+        return out
+
+    def workers(self) -> list[WorkerInfo]:
+        out = []
+        for line in self.list_command("workers"):
+            left, _, right = line.partition(" :")
+            fd, ip, client_id = left.split(" ", 2)
+            out.append(WorkerInfo(int(fd), ip, client_id, right.split()))
+        return out
+
+    def show_jobs(self) -> list[JobInfo]:
+        out = []
+        for line in self.list_command("show jobs"):
+            handle, retries, ignored, queued = line.split("\t")
+            out.append(JobInfo(handle, int(retries), ignored == "1", queued == "1"))
+        return out
+
+    def show_unique_jobs(self) -> list[str]:
+        return self.list_command("show unique jobs")
+
+    def version(self) -> str:
+        answer = self.command("version")
+        return answer[3:] if answer.startswith("OK ") else answer
+
+    def getpid(self) -> int:
+        return int(self.command("getpid").split()[-1])
+
+    def cancel(self, handle: str | bytes) -> bool:
+        """Cancel a queued job; False if the server does not know it (ERR UNKNOWN_JOB)."""
+        if isinstance(handle, bytes):
+            handle = handle.decode()
+        try:
+            return self.command(f"cancel job {handle}") == "OK"
+        except ServerError as exc:
+            if exc.code == "UNKNOWN_JOB":
+                return False
+            raise
+
+    def maxqueue(self, function: str, *sizes: int) -> None:
+        """``maxqueue F N`` (all priorities) or ``maxqueue F HIGH NORMAL LOW``."""
+        self.command(" ".join(["maxqueue", function, *map(str, sizes)]))
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

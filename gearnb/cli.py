@@ -1,0 +1,96 @@
+"""The ``gearnb`` command: server, worker, status, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .protocol import DEFAULT_MAX_PACKET_SIZE
+
+
+def _server(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    serve(args.host, args.port, max_packet_size=args.max_packet_size, job_retries=args.job_retries,
+          handle_prefix=args.job_handle_prefix, exceptions_default=args.exceptions)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from .launcher import run_workers
+
+    return run_workers(args.servers, args.processes, imports=args.imports, client_id=args.client_id)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .admin import Admin
+    from .servers import parse_servers
+
+    rows = []
+    for server in parse_servers(args.servers):
+        try:
+            with Admin(server, timeout=5) as admin:
+                for s in admin.status():
+                    rows.append((server, s.function, str(s.total - s.running), str(s.running), str(s.workers)))
+        except OSError as exc:
+            print(f"{server}: cannot connect ({exc})", file=sys.stderr)
+            return 1
+    header = ("SERVER", "FUNCTION", "QUEUED", "RUNNING", "WORKERS")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.expression)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gearnb", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"gearnb {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("server", help="run a Gearman job server (gearmand-compatible)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; Gearman has no authentication)")
+    p.add_argument("-p", "--port", type=int, default=4730)
+    p.add_argument("--max-packet-size", type=int, default=DEFAULT_MAX_PACKET_SIZE,
+                   help="largest packet accepted, in bytes (bounds memory per connection)")
+    p.add_argument("--job-retries", type=int, default=0,
+                   help="fail a job after its worker died this many times (0: retry forever, as gearmand)")
+    p.add_argument("--job-handle-prefix", default=None, help="job handles start with this (default H:<host>)")
+    p.add_argument("--exceptions", action="store_true", help="send WORK_EXCEPTION to every client")
+    p.set_defaults(run=_server)
+
+    p = sub.add_parser("worker", help="run worker processes serving plain Gearman functions")
+    p.add_argument("--servers", default=None, help="h1:4730,h2:4730 (default: GEARMAN_SERVERS or 127.0.0.1:4730)")
+    p.add_argument("--processes", "-n", type=int, default=1)
+    p.add_argument("--import", dest="imports", action="append", default=[],
+                   help="module whose register(worker) function (or GEARMAN_FUNCTIONS dict) adds functions")
+    p.add_argument("--client-id", default=None)
+    p.set_defaults(run=_worker)
+
+    p = sub.add_parser("status", help="print the functions, queued and running jobs and workers of job servers")
+    p.add_argument("--servers", default=None)
+    p.set_defaults(run=_status)
+
+    p = sub.add_parser("demo", help="start a bundled server and workers and run the calculus example")
+    p.add_argument("expression", nargs="*", default=["2+3", "8*7", "9/3", "10-4"])
+    p.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130

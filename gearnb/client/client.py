@@ -1,0 +1,161 @@
+"""``Client`` (blocking, safe inside Jupyter) and ``AsyncClient`` (for asyncio code)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .._loop import io_loop
+from ..protocol import PacketType
+from ..protocol.packets import DEFAULT_MAX_PACKET_SIZE
+from ..servers import ServerSpec, parse_servers
+from .core import DEFAULT_SUBMIT_TIMEOUT, ClientCore
+from .task import JobStatus, Task, TaskSet
+
+P = PacketType
+
+
+class Client:
+    """A Gearman client over one or more job servers.
+
+    >>> client = Client("127.0.0.1:4730")          # doctest: +SKIP
+    >>> client.do("reverse", b"abc")               # doctest: +SKIP
+    b'cba'
+
+    All network I/O runs on gearnb's background I/O thread, so every method here blocks
+    only the calling thread and works inside a running event loop (a Jupyter kernel).
+    ``servers`` defaults to ``GEARMAN_SERVERS``, then ``127.0.0.1:4730``.
+    """
+
+    def __init__(
+        self,
+        servers: ServerSpec = None,
+        *,
+        submit_timeout: float = DEFAULT_SUBMIT_TIMEOUT,
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        ssl: Any = None,
+    ) -> None:
+        self.servers = parse_servers(servers)
+        self._io = io_loop()
+        self._core = ClientCore(self.servers, submit_timeout=submit_timeout,
+                                max_packet_size=max_packet_size, ssl=ssl)
+
+    # -- submitting ---------------------------------------------------------------------
+    def _submit_soon(self, task: Task) -> None:
+        self._io.call_soon(self._core.submit, task)
+
+    def submit(self, task: Task) -> Task:
+        """Submit a task without waiting; ``task.wait()`` waits and runs its callbacks there."""
+        task._own_set = TaskSet(self)
+        task._own_set.add(task)
+        return task
+
+    def do(self, function: str | bytes, data: bytes | str = b"", *, priority: str = "normal",
+           unique: str | bytes | None = None, retries: int = 0, timeout: float | None = None) -> bytes:
+        """Run a job and return its WORK_COMPLETE data.
+
+        Raises :class:`~gearnb.JobException` (the worker's exception text),
+        :class:`~gearnb.JobFailed`, :class:`~gearnb.ServerError` or ``TimeoutError``.
+        """
+        task = Task(function, data, priority=priority, unique=unique, retries=retries)
+        self._submit_soon(task)
+        if not task._done.wait(timeout):
+            raise TimeoutError(f"job {task.function!r} did not finish within {timeout} s")
+        result = task.raise_for_outcome()
+        return result if result is not None else b""
+
+    def do_background(self, function: str | bytes, data: bytes | str = b"", *,
+                      priority: str = "normal", unique: str | bytes | None = None,
+                      when: float | None = None, timeout: float | None = None) -> bytes:
+        """Queue a background job and return its handle (``when``: run at that epoch time)."""
+        task = Task(function, data, priority=priority, unique=unique, background=True, when=when)
+        self._submit_soon(task)
+        if not task._done.wait(timeout):
+            raise TimeoutError("the job server did not answer the submit in time")
+        task.raise_for_outcome()
+        assert task.handle is not None
+        return task.handle
+
+    def task_set(self) -> TaskSet:
+        return TaskSet(self)
+
+    # -- queries ------------------------------------------------------------------------
+    def status(self, handle: bytes | str, server: str | None = None, timeout: float = 10) -> JobStatus:
+        """GET_STATUS: ``JobStatus(known, running, numerator, denominator)``."""
+        handle = handle.encode() if isinstance(handle, str) else handle
+        return self._io.run(self._core.status(handle, server), timeout)
+
+    def status_unique(self, unique: bytes | str, server: str | None = None,
+                      timeout: float = 10) -> tuple[JobStatus, int]:
+        """GET_STATUS_UNIQUE: the status of the job with that unique, and its client count."""
+        unique = unique.encode() if isinstance(unique, str) else unique
+        packet = self._io.run(self._core.request(server, P.GET_STATUS_UNIQUE, unique), timeout)
+        _, known, running, num, den, clients = packet.args
+        return JobStatus(known == b"1", running == b"1", int(num or 0), int(den or 0)), int(clients or 0)
+
+    def echo(self, data: bytes = b"ping", server: str | None = None, timeout: float = 10) -> bytes:
+        packet = self._io.run(self._core.request(server, P.ECHO_REQ, data), timeout)
+        return packet.args[0]
+
+    def close(self) -> None:
+        self._io.run(self._core.close(), 10)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<gearnb.Client servers={self.servers}>"
+
+
+class AsyncClient:
+    """The same client for asyncio code: ``await client.do(...)`` on your own loop.
+
+    Callbacks of tasks submitted here run on that loop.
+    """
+
+    def __init__(self, servers: ServerSpec = None, **options: Any) -> None:
+        self.servers = parse_servers(servers)
+        self._core = ClientCore(self.servers, **options)
+
+    def submit(self, task: Task) -> Task:
+        task._sink = None
+        self._core.submit(task)
+        return task
+
+    async def wait(self, task: Task) -> Task:
+        if not task.finished:
+            future = asyncio.get_running_loop().create_future()
+            task._done_hooks.append(lambda t: future.done() or future.set_result(None))
+            if not task.finished:
+                await future
+        return task
+
+    async def do(self, function: str | bytes, data: bytes | str = b"", **options: Any) -> bytes:
+        task = self.submit(Task(function, data, **options))
+        await self.wait(task)
+        return task.raise_for_outcome() or b""
+
+    async def do_background(self, function: str | bytes, data: bytes | str = b"", **options: Any) -> bytes:
+        task = self.submit(Task(function, data, background=True, **options))
+        await self.wait(task)
+        task.raise_for_outcome()
+        assert task.handle is not None
+        return task.handle
+
+    async def status(self, handle: bytes, server: str | None = None) -> JobStatus:
+        return await self._core.status(handle, server)
+
+    async def echo(self, data: bytes = b"ping", server: str | None = None) -> bytes:
+        return (await self._core.request(server, P.ECHO_REQ, data)).args[0]
+
+    async def close(self) -> None:
+        await self._core.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,206 @@
+"""One client connection to one job server: pipelined submits, replies matched to tasks.
+
+JOB_CREATED and ERROR answer submits in order (matched FIFO); WORK_* packets carry the
+handle. Writes made in one turn of the event loop go out in one system call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ServerError
+from ..protocol import PRIORITY_NAMES, RES, SUBMIT_TYPE_FOR, Decoder, PacketType, ProtocolError, request
+from ..protocol.packets import DEFAULT_MAX_PACKET_SIZE, Packet
+
+if TYPE_CHECKING:
+    from .core import ClientCore
+    from .task import Task
+
+log = logging.getLogger("gearnb.client")
+P = PacketType
+
+
+def set_nodelay(sock: socket.socket | None) -> None:
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def submit_packet(task: Task) -> bytes:
+    if task.when is not None:
+        return request(P.SUBMIT_JOB_EPOCH, task.function, task.unique,
+                       str(int(task.when)).encode(), task.data)
+    ptype = SUBMIT_TYPE_FOR[(PRIORITY_NAMES[task.priority], task.background)]
+    return request(ptype, task.function, task.unique, task.data)
+
+
+class ClientConnection(asyncio.Protocol):
+    """Protocol for one server; decisions (retry, failover) are left to its ``owner``."""
+
+    def __init__(self, address: str, owner: ClientCore, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> None:
+        self.address = address
+        self.owner = owner
+        self.decoder = Decoder(RES, max_packet_size=max_packet_size)
+        self.transport: asyncio.Transport | None = None
+        # Requests answered in order: a Task (JOB_CREATED / ERROR) or a Future for
+        # OPTION_RES, STATUS_RES, STATUS_RES_UNIQUE and ECHO_RES.
+        self.pending: deque[Any] = deque()
+        self.jobs: dict[bytes, list[Task]] = {}  # handle -> tasks (coalesced tasks share one)
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self.closed = False
+        self.lost = asyncio.get_running_loop().create_future()
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        set_nodelay(transport.get_extra_info("socket"))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            packets = self.decoder.feed(data)
+        except ProtocolError as exc:
+            log.error("job server %s sent bad data: %s; reconnecting", self.address, exc)
+            self.abort()
+            return
+        for packet in packets:
+            try:
+                self._dispatch(packet)  # type: ignore[arg-type]
+            except Exception:  # a bug in a callback must not kill the connection
+                log.exception("while handling %r from %s", packet, self.address)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        unfinished: list[Task] = []
+        seen: set[int] = set()
+        for item in self.pending:
+            if isinstance(item, asyncio.Future):
+                if not item.done():
+                    item.set_exception(ConnectionError(f"lost connection to {self.address}"))
+            elif id(item) not in seen:
+                seen.add(id(item))
+                unfinished.append(item)
+        self.pending.clear()
+        for tasks in self.jobs.values():
+            for task in tasks:
+                if id(task) not in seen and not task.finished:
+                    seen.add(id(task))
+                    unfinished.append(task)
+        self.jobs.clear()
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self.owner.connection_lost(self, unfinished)
+
+    # -- writing ------------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.transport is not None and not self.closed and self._out:
+            self.transport.write(b"".join(self._out))
+        self._out.clear()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- requests -----------------------------------------------------------------------
+    def submit(self, task: Task) -> None:
+        self.pending.append(task)
+        self.send(submit_packet(task))
+
+    def request(self, ptype: int, *args: bytes) -> asyncio.Future[Packet]:
+        future: asyncio.Future[Packet] = asyncio.get_running_loop().create_future()
+        if self.closed:
+            future.set_exception(ConnectionError(f"lost connection to {self.address}"))
+            return future
+        self.pending.append(future)
+        self.send(request(ptype, *args))
+        return future
+
+    # -- replies ------------------------------------------------------------------------
+    def _dispatch(self, packet: Packet) -> None:
+        ptype, args = packet.type, packet.args
+        if ptype in _WORK_TYPES:
+            # Strip a trailing NUL from the handle: gearmand adds one to the WORK_FAIL it
+            # makes from a WORK_EXCEPTION (gearman-ruby #16).
+            handle = args[0].rstrip(b"\0")
+            tasks = self.jobs.get(handle)
+            if not tasks:
+                return  # a job we no longer track (retried elsewhere, or coalesced and done)
+            if ptype in _FINAL_TYPES:
+                del self.jobs[handle]
+            for task in list(tasks):
+                _deliver(task, ptype, args, self)
+            return
+        if ptype == P.JOB_CREATED:
+            task = self._pop_any()
+            if task is None or isinstance(task, asyncio.Future):
+                log.warning("job server %s sent JOB_CREATED for no submit", self.address)
+                return
+            handle = args[0]
+            if not task.background:
+                self.jobs.setdefault(handle, []).append(task)
+            task._created(handle, self.address)
+            return
+        if ptype == P.ERROR:
+            item = self._pop_any()
+            error = ServerError(args[0].decode(errors="replace"), args[1].decode(errors="replace"), self.address)
+            if item is None:
+                log.warning("job server %s: %s", self.address, error)
+            elif isinstance(item, asyncio.Future):
+                if not item.done():
+                    item.set_exception(error)
+            else:
+                self.owner.refused(item, error, self)
+            return
+        if ptype in (P.STATUS_RES, P.STATUS_RES_UNIQUE, P.ECHO_RES, P.OPTION_RES):
+            item = self._pop_any()
+            if isinstance(item, asyncio.Future) and not item.done():
+                item.set_result(packet)
+            return
+        if ptype == P.NOOP:
+            return
+        log.warning("unexpected %r from %s", packet, self.address)
+
+    def _pop_any(self) -> Any:
+        return self.pending.popleft() if self.pending else None
+
+
+
+_FINAL_TYPES = frozenset((P.WORK_COMPLETE, P.WORK_FAIL, P.WORK_EXCEPTION))
+_WORK_TYPES = frozenset((P.WORK_STATUS, P.WORK_DATA, P.WORK_WARNING)) | _FINAL_TYPES
+
+
+def _deliver(task: Task, ptype: int, args: tuple[bytes, ...], conn: ClientConnection) -> None:
+    """Apply one WORK_* packet to a task (on the I/O thread)."""
+    if task.finished:
+        return
+    if ptype == P.WORK_COMPLETE:
+        task.result = args[1]
+        task._emit("complete", args[1])
+        task._finish(True)
+    elif ptype == P.WORK_DATA:
+        task._emit("data", args[1])
+    elif ptype == P.WORK_WARNING:
+        task._emit("warning", args[1])
+    elif ptype == P.WORK_STATUS:
+        try:
+            status = (int(args[1]), int(args[2]))
+        except ValueError:
+            status = (0, 0)
+        task.status = status
+        task._emit("status", *status)
+    elif ptype == P.WORK_EXCEPTION:
+        task.exception_text = args[1].decode(errors="replace")
+        task._emit("exception", task.exception_text)
+        conn.owner.job_failed(task)
+    elif ptype == P.WORK_FAIL:
+        conn.owner.job_failed(task)

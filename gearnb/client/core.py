@@ -1,0 +1,234 @@
+"""The client's core, on one event loop: choosing servers, submitting, retry and failover.
+
+``Client`` (blocking, on gearnb's I/O thread) and ``AsyncClient`` (on the caller's loop)
+are thin faces over this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from typing import TYPE_CHECKING
+
+from ..errors import NoJobServers, ServerError
+from ..protocol import PacketType
+from ..protocol.packets import DEFAULT_MAX_PACKET_SIZE
+from ..servers import split_address
+from .connection import ClientConnection
+from .task import JobStatus
+
+if TYPE_CHECKING:
+    from .task import Task
+
+log = logging.getLogger("gearnb.client")
+P = PacketType
+
+# Reconnect back-off: 0.1 s doubling to 5 s - quick enough to ride out a server restart,
+# slow enough not to hammer a server that is down.
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+CONNECT_TIMEOUT = 5.0
+# How long a task waits for any server to come back before it fails with NoJobServers.
+DEFAULT_SUBMIT_TIMEOUT = 30.0
+
+
+class ServerState:
+    __slots__ = ("address", "conn", "connecting", "failures", "retry_at")
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.conn: ClientConnection | None = None
+        self.connecting: asyncio.Future[ClientConnection] | None = None
+        self.failures = 0
+        self.retry_at = 0.0
+
+    @property
+    def live(self) -> bool:
+        return self.conn is not None and not self.conn.closed
+
+    def usable(self, now: float) -> bool:
+        return self.live or self.retry_at <= now
+
+
+class ClientCore:
+    """Owns the connections to the servers; runs only on its loop's thread."""
+
+    def __init__(
+        self,
+        servers: list[str],
+        *,
+        submit_timeout: float = DEFAULT_SUBMIT_TIMEOUT,
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        ssl: object = None,
+    ) -> None:
+        self.servers = [ServerState(a) for a in servers]
+        self.submit_timeout = submit_timeout
+        self.max_packet_size = max_packet_size
+        self.ssl = ssl
+        self._next = 0
+        self.closed = False
+
+    # -- connections --------------------------------------------------------------------
+    async def connection(self, state: ServerState) -> ClientConnection:
+        if state.live:
+            assert state.conn is not None
+            return state.conn
+        if state.connecting is None:
+            state.connecting = asyncio.ensure_future(self._connect(state))
+        return await asyncio.shield(state.connecting)
+
+    async def _connect(self, state: ServerState) -> ClientConnection:
+        loop = asyncio.get_running_loop()
+        host, port = split_address(state.address)
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: ClientConnection(state.address, self, self.max_packet_size),
+                    host, port, ssl=self.ssl),
+                CONNECT_TIMEOUT)
+            # Ask for WORK_EXCEPTION packets, and wait for the answer so that an ERROR from
+            # an old server cannot be taken for the answer to a submit.
+            try:
+                await asyncio.wait_for(conn.request(P.OPTION_REQ, b"exceptions"), CONNECT_TIMEOUT)
+            except ServerError as exc:
+                log.info("%s does not support the exceptions option: %s", state.address, exc)
+        except (OSError, asyncio.TimeoutError) as exc:
+            state.failures += 1
+            delay = min(BACKOFF_FIRST * 2 ** (state.failures - 1), BACKOFF_MAX)
+            state.retry_at = time.monotonic() + delay
+            log.info("cannot reach job server %s (%s); next try in %.1f s", state.address, exc, delay)
+            raise ConnectionError(f"cannot reach job server {state.address}: {exc}") from exc
+        finally:
+            state.connecting = None
+        state.conn = conn
+        state.failures = 0
+        return conn
+
+    def connection_lost(self, conn: ClientConnection, unfinished: list[Task]) -> None:
+        for state in self.servers:
+            if state.conn is conn:
+                state.conn = None
+                state.failures += 1
+                state.retry_at = time.monotonic() + BACKOFF_FIRST
+        if unfinished and not self.closed:
+            log.warning("lost job server %s; resubmitting %d unfinished tasks elsewhere",
+                        conn.address, len(unfinished))
+        for task in unfinished:
+            if self.closed:
+                task._finish(False, ConnectionError(f"lost connection to {conn.address}"))
+            else:
+                self.submit(task, avoid=conn.address)
+
+    # -- choosing a server --------------------------------------------------------------
+    def _order(self, task: Task, avoid: str | None) -> list[ServerState]:
+        n = len(self.servers)
+        if task.unique:
+            # A unique always goes to the same server, so coalescing works across clients.
+            start = zlib.crc32(task.unique) % n
+        else:
+            start = self._next
+            self._next = (self._next + 1) % n
+        order = [self.servers[(start + i) % n] for i in range(n)]
+        if avoid is not None and n > 1:
+            order.sort(key=lambda s: s.address == avoid)  # stable: the avoided one goes last
+        return order
+
+    # -- submitting ---------------------------------------------------------------------
+    def submit(self, task: Task, avoid: str | None = None) -> None:
+        """Send ``task`` to a live server now, or start connecting and send it then."""
+        if self.closed:
+            task._finish(False, NoJobServers("the client is closed"))
+            return
+        for state in self._order(task, avoid):
+            if state.live and state.address not in task._tried:
+                assert state.conn is not None
+                state.conn.submit(task)
+                return
+        asyncio.ensure_future(self._submit_when_connected(task, avoid))
+
+    async def _submit_when_connected(self, task: Task, avoid: str | None) -> None:
+        deadline = time.monotonic() + self.submit_timeout
+        errors: list[str] = []
+        while not self.closed:
+            now = time.monotonic()
+            for state in self._order(task, avoid):
+                if state.address in task._tried or not state.usable(now):
+                    continue
+                try:
+                    conn = await self.connection(state)
+                except ConnectionError as exc:
+                    errors.append(str(exc))
+                    continue
+                conn.submit(task)
+                return
+            if now >= deadline or all(s.address in task._tried for s in self.servers):
+                break
+            wake = min((s.retry_at for s in self.servers), default=now + BACKOFF_FIRST)
+            await asyncio.sleep(min(max(wake - time.monotonic(), 0.01), max(deadline - now, 0.01)))
+        servers = ", ".join(s.address for s in self.servers)
+        task._finish(False, NoJobServers(
+            f"no job server accepted the task (tried {servers} for {self.submit_timeout:g} s). "
+            f"Is a job server running there? Start one with 'gearnb server' or point "
+            f"GEARMAN_SERVERS at yours. Last error: {errors[-1] if errors else 'refused'}"))
+
+    def refused(self, task: Task, error: ServerError, conn: ClientConnection) -> None:
+        """The server answered ERROR to a submit: try the next server, else fail the task."""
+        task._tried.add(conn.address)
+        if all(s.address in task._tried for s in self.servers):
+            task._finish(False, error)
+        else:
+            self.submit(task)
+
+    def job_failed(self, task: Task) -> None:
+        """WORK_FAIL or WORK_EXCEPTION: resubmit while the task has retries left."""
+        if task.retries_done < task.retries:
+            task.retries_done += 1
+            task.handle = None
+            task._emit("retry", task.retries_done)
+            self.submit(task)
+            return
+        task._emit("fail")
+        task._finish(False)
+
+    # -- queries ------------------------------------------------------------------------
+    def _state(self, address: str | None) -> ServerState:
+        if address is None:
+            return self.servers[0]
+        for state in self.servers:
+            if state.address == address:
+                return state
+        raise ValueError(f"{address} is not one of this client's servers")
+
+    async def request(self, address: str | None, ptype: int, *args: bytes):  # type: ignore[no-untyped-def]
+        conn = await self.connection(self._state(address))
+        return await conn.request(ptype, *args)
+
+    async def status(self, handle: bytes, address: str | None = None) -> JobStatus:
+        targets = [self._state(address)] if address else self.servers
+        last: JobStatus = JobStatus(False, False, 0, 0)
+        for state in targets:
+            try:
+                packet = await self.request(state.address, P.GET_STATUS, handle)
+            except ConnectionError:
+                continue
+            _, known, running, num, den = packet.args
+            last = JobStatus(known == b"1", running == b"1", _int(num), _int(den))
+            if last.known:
+                return last
+        return last
+
+    async def close(self) -> None:
+        self.closed = True
+        for state in self.servers:
+            if state.conn is not None:
+                state.conn.transport.close()  # type: ignore[union-attr]
+                state.conn = None
+
+
+def _int(value: bytes) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return 0

@@ -1,0 +1,99 @@
+"""``gearnb worker``: N worker processes, restarted when they die, stopped on SIGTERM/Ctrl-C."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+from .servers import parse_servers
+from .worker import Worker
+
+log = logging.getLogger("gearnb.launcher")
+
+# A child that dies within this many seconds of starting is restarted only after a pause,
+# so a worker that crashes at import does not spin.
+QUICK_DEATH = 2.0
+RESTART_PAUSE = 1.0
+
+
+def load_functions(worker: Worker, modules: Sequence[str]) -> None:
+    """Let each module add its functions: ``register(worker)`` or a ``GEARMAN_FUNCTIONS`` dict."""
+    for name in modules:
+        module = importlib.import_module(name)
+        register = getattr(module, "register", None)
+        table = getattr(module, "GEARMAN_FUNCTIONS", None)
+        if callable(register):
+            register(worker)
+        elif isinstance(table, dict):
+            for fname, fn in table.items():
+                worker.register(fname, fn)
+        else:
+            raise SystemExit(f"gearnb worker: module {name} has neither register(worker) nor GEARMAN_FUNCTIONS")
+
+
+def run_one(servers: str | None, modules: Sequence[str], client_id: str | None) -> int:
+    worker = Worker(servers, client_id=client_id)
+    load_functions(worker, modules)
+    if not worker.functions:
+        raise SystemExit("gearnb worker: no functions to serve (use --import MODULE)")
+    worker.work()
+    return 0
+
+
+def run_workers(servers: str | None, processes: int, imports: Sequence[str] = (),
+                client_id: str | None = None) -> int:
+    """Run ``processes`` worker processes in the foreground and look after them."""
+    if os.environ.get("GEARNB_WORKER_CHILD") == "1":
+        return run_one(servers, imports, client_id)
+    spec = ",".join(parse_servers(servers))
+    cmd = [sys.executable, "-m", "gearnb", "worker", "--servers", spec]
+    for module in imports:
+        cmd += ["--import", module]
+    if client_id:
+        cmd += ["--client-id", client_id]
+    env = dict(os.environ, GEARNB_WORKER_CHILD="1")
+    # Imported modules may live in the current directory, as with "python -m".
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))
+    children: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = [signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)]
+
+    def start(slot: int) -> None:
+        children[slot] = (subprocess.Popen(cmd, env=env), time.monotonic())
+
+    try:
+        for slot in range(processes):
+            start(slot)
+        log.info("started %d worker processes for %s", processes, spec)
+        while not stopping:
+            time.sleep(0.2)
+            for slot, (proc, started) in list(children.items()):
+                if proc.poll() is not None and not stopping:
+                    log.warning("worker process %d exited with %s; restarting it", proc.pid, proc.returncode)
+                    if time.monotonic() - started < QUICK_DEATH:
+                        time.sleep(RESTART_PAUSE)
+                    start(slot)
+    finally:
+        for proc, _ in children.values():
+            if proc.poll() is None:
+                proc.terminate()  # the worker finishes its current job, then exits
+        deadline = time.monotonic() + 30
+        for proc, _ in children.values():
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for sig, handler in zip((signal.SIGTERM, signal.SIGINT), previous):
+            signal.signal(sig, handler)
+    return 0

@@ -1,0 +1,138 @@
+"""The administrative text protocol, with gearmand 1.1.20's exact output formats.
+
+Lines starting with anything but NUL on the job server port are admin commands
+(../shared/reference/gearman-protocol.md, section 1.4). ``gearadmin`` sends them with CRLF.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Callable
+from urllib.parse import quote_plus
+
+from .jobs import QUEUED, SCHEDULED
+
+if TYPE_CHECKING:
+    from .connections import Connection
+    from .core import JobServer
+
+log = logging.getLogger("gearnb.server")
+
+
+def err(code: str, message: str, command: str = "") -> bytes:
+    """gearmand's error line: ``ERR CODE url+encoded+message<command>\\r\\n``.
+
+    gearmand appends the offending command word, unencoded, right after the message.
+    """
+    return f"ERR {code} {quote_plus(message)}{command}\r\n".encode(errors="replace")
+
+
+def unknown(command: str) -> bytes:
+    return err("UNKNOWN_COMMAND", "Unknown server command", command)
+
+
+def incomplete(command: str) -> bytes:
+    return err("INVALID_ARGUMENTS", "An incomplete set of arguments was sent to this command", command)
+
+
+class AdminCommands:
+    def __init__(self, server: JobServer) -> None:
+        from .. import __version__
+
+        self.server = server
+        self.version = __version__
+        self.commands: dict[str, Callable[[Connection, list[str]], bytes]] = {
+            "status": self.status,
+            "workers": self.workers,
+            "prioritystatus": self.prioritystatus,
+            "version": self.version_cmd,
+            "getpid": self.getpid,
+            "verbose": self.verbose,
+            "maxqueue": self.maxqueue,
+            "show": self.show,
+            "cancel": self.cancel,
+        }
+
+    def handle_line(self, conn: Connection, line: str) -> None:
+        words = line.split()
+        if not words:
+            return  # gearmand ignores empty lines
+        command = self.commands.get(words[0].lower())
+        if command is None:
+            conn.send(unknown(words[0]))
+            return
+        conn.send(command(conn, words))
+
+    # Each command returns its whole reply. -------------------------------------------
+    def status(self, conn: Connection, words: list[str]) -> bytes:
+        lines = [
+            b"%s\t%d\t%d\t%d\n" % (f.name, f.total, f.running, len(f.workers))
+            for f in self.server.functions.values()
+        ]
+        return b"".join(lines) + b".\n"
+
+    def prioritystatus(self, conn: Connection, words: list[str]) -> bytes:
+        lines = [
+            b"%s\t%d\t%d\t%d\t%d\n"
+            % (f.name, len(f.queues[0]), len(f.queues[1]), len(f.queues[2]), len(f.workers))
+            for f in self.server.functions.values()
+        ]
+        return b"".join(lines) + b".\n"
+
+    def workers(self, conn: Connection, words: list[str]) -> bytes:
+        lines = []
+        for c in self.server.connections:
+            names = b"".join(b" " + f.name for f in c.abilities)
+            lines.append(b"%d %s %s :%s\n" % (c.fd, c.peer.encode(), c.client_id, names))
+        return b"".join(lines) + b".\n"
+
+    def version_cmd(self, conn: Connection, words: list[str]) -> bytes:
+        return f"OK gearnb-{self.version}\n".encode()
+
+    def getpid(self, conn: Connection, words: list[str]) -> bytes:
+        return f"OK {os.getpid()}\n".encode()
+
+    def verbose(self, conn: Connection, words: list[str]) -> bytes:
+        level = logging.getLevelName(logging.getLogger("gearnb.server").getEffectiveLevel())
+        return f"OK {level}\n".encode()
+
+    def maxqueue(self, conn: Connection, words: list[str]) -> bytes:
+        if len(words) < 2:
+            return incomplete("maxqueue")
+        function = self.server.function(words[1].encode())
+
+        def number(text: str) -> int:
+            try:
+                return max(int(text), 0)  # 0 or negative: unlimited, as in gearmand
+            except ValueError:
+                return 0
+
+        if len(words) >= 5:
+            function.max_queue = [number(words[2]), number(words[3]), number(words[4])]
+        elif len(words) >= 3:
+            function.max_queue = [number(words[2])] * 3
+        else:
+            function.max_queue = [0, 0, 0]
+        return b"OK\r\n"
+
+    def show(self, conn: Connection, words: list[str]) -> bytes:
+        what = [w.lower() for w in words[1:]]
+        if what == ["jobs"]:
+            lines = [
+                b"%s\t%d\t0\t%d\n" % (job.handle, job.retries, 1 if job.state in (QUEUED, SCHEDULED) else 0)
+                for job in self.server.jobs.values()
+            ]
+            return b"".join(lines) + b".\n"
+        if what == ["unique", "jobs"]:
+            return b"".join(job.unique + b"\n" for job in self.server.jobs.values()) + b".\n"
+        return unknown("show")
+
+    def cancel(self, conn: Connection, words: list[str]) -> bytes:
+        if len(words) < 2 or words[1].lower() != "job":
+            return unknown("cancel")
+        if len(words) < 3:
+            return incomplete("cancel")
+        if self.server.cancel(words[2].encode()):
+            return b"OK\r\n"
+        return b"ERR UNKNOWN_JOB\r\n"

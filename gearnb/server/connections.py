@@ -1,0 +1,151 @@
+"""One TCP connection to the job server: reading, decoding, batched writing, closing.
+
+A connection may act as client, worker and admin at once (gearmand allows that). What it
+*does* with packets lives in :mod:`gearnb.server.core`; this module only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from ..protocol import REQ, Decoder, ProtocolError, response
+from ..protocol.packets import AdminLine, PacketType
+
+if TYPE_CHECKING:
+    from .core import JobServer
+    from .functions import Function
+    from .jobs import Job
+
+log = logging.getLogger("gearnb.server")
+
+# Stop reading from a peer whose replies pile up unread beyond this many bytes: a client
+# that submits without ever reading cannot grow our memory without bound.
+HIGH_WATER = 4 * 1024 * 1024
+
+
+class Connection(asyncio.Protocol):
+    __slots__ = (
+        "server", "transport", "decoder", "fd", "peer", "client_id", "exceptions",
+        "abilities", "timeouts", "sleeping", "noop_sent", "woken_for", "client_jobs",
+        "worker_jobs", "_out", "closed",
+    )
+
+    def __init__(self, server: JobServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.decoder = Decoder(REQ, allow_text=True, max_packet_size=server.max_packet_size)
+        self.fd = -1
+        self.peer = "-"
+        self.client_id = b"-"
+        self.exceptions = server.exceptions_default  # OPTION_REQ "exceptions"
+        self.abilities: dict[Function, None] = {}  # ordered set, in CAN_DO order
+        self.timeouts: dict[bytes, int] = {}  # function name -> CAN_DO_TIMEOUT milliseconds
+        self.sleeping = False
+        self.noop_sent = False
+        self.woken_for: Function | None = None
+        self.client_jobs: dict[Job, None] = {}  # foreground jobs this client waits on
+        self.worker_jobs: dict[Job, None] = {}  # jobs this worker is running
+        self._out: list[bytes] = []
+        self.closed = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.fd = sock.fileno()
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = peer[0] if isinstance(peer, tuple) else str(peer)
+        transport.set_write_buffer_limits(high=HIGH_WATER)
+        self.server.connection_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        server = self.server
+        try:
+            items = self.decoder.feed(data)
+        except ProtocolError as exc:
+            # Handle what came before the bad bytes? The decoder drops the whole chunk; a
+            # peer that sends garbage loses its connection, as with gearmand.
+            self.protocol_error(exc)
+            server.flush()
+            return
+        handlers = server.handlers
+        for item in items:
+            if self.closed:
+                break
+            if type(item) is AdminLine:
+                server.admin.handle_line(self, item.text)
+                continue
+            handler = handlers.get(item.type)
+            if handler is None:
+                self.error(b"INVALID_COMMAND", b"Command not expected", close=True)
+                break
+            try:
+                handler(self, item.args)
+            except ProtocolError as exc:
+                self.protocol_error(exc)
+                break
+        server.flush()
+
+    def eof_received(self) -> bool | None:
+        try:
+            self.decoder.close()
+        except ProtocolError as exc:
+            log.info("connection %s (fd %d): %s", self.peer, self.fd, exc)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._out.clear()
+        self.server.connection_lost(self)
+        self.server.flush()
+
+    def pause_writing(self) -> None:
+        # Our replies to this peer are piling up: stop reading its requests until it drains.
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    # -- output -------------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        """Queue bytes for this peer; :meth:`JobServer.flush` writes them in one call."""
+        if self.closed:
+            return
+        out = self._out
+        if not out:
+            self.server.dirty.append(self)
+        out.append(data)
+
+    def send_packet(self, ptype: int, *args: bytes) -> None:
+        self.send(response(ptype, *args))
+
+    def flush(self) -> None:
+        out = self._out
+        if out and self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+
+    def error(self, code: bytes, text: bytes, close: bool = False) -> None:
+        self.send_packet(PacketType.ERROR, code, text)
+        if close:
+            self.close()
+
+    def protocol_error(self, exc: ProtocolError) -> None:
+        log.info("closing connection %s (fd %d): %s", self.peer, self.fd, exc)
+        self.error(exc.code.encode(), str(exc).encode(), close=True)
+
+    def close(self) -> None:
+        """Write what is queued, then close."""
+        if self.transport is not None and not self.closed:
+            self.flush()
+            self.closed = True
+            self.transport.close()

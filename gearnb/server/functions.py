@@ -1,0 +1,80 @@
+"""Functions: per-name priority queues, the workers that can run them and who is asleep."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from ..protocol import HIGH, LOW, NORMAL
+
+if TYPE_CHECKING:
+    from .connections import Connection
+    from .jobs import Job
+
+PRIORITIES = (HIGH, NORMAL, LOW)
+
+
+class Function:
+    """Everything the server knows about one function name.
+
+    Queues are OrderedDicts (handle -> job) so that a queued job can leave from the middle in
+    O(1) - a client that disconnects, ``cancel job`` - while the head is taken FIFO.
+    """
+
+    __slots__ = (
+        "name", "queues", "queued", "running", "scheduled", "workers", "sleepers", "waking",
+        "by_unique", "max_queue",
+    )
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+        self.queues: tuple[OrderedDict[bytes, Job], ...] = (OrderedDict(), OrderedDict(), OrderedDict())
+        self.queued = 0      # jobs waiting in the queues
+        self.running = 0     # jobs assigned to a worker
+        self.scheduled = 0   # epoch jobs not yet due
+        self.workers: dict[Connection, None] = {}   # connections that sent CAN_DO (ordered set)
+        self.sleepers: dict[Connection, None] = {}  # of those, asleep and not yet woken
+        self.waking = 0      # NOOPs sent whose worker has not come back to grab yet
+        self.by_unique: dict[bytes, Job] = {}
+        self.max_queue = [0, 0, 0]  # per priority; 0 means unlimited (gearmand's default)
+
+    @property
+    def total(self) -> int:
+        """What gearmand's ``status`` calls TOTAL: queued plus running."""
+        return self.queued + self.running + self.scheduled
+
+    def queue_full(self, priority: int) -> bool:
+        limit = self.max_queue[priority]
+        return limit > 0 and len(self.queues[priority]) >= limit
+
+    def push(self, job: Job, front: bool = False) -> None:
+        queue = self.queues[job.priority]
+        queue[job.handle] = job
+        if front:
+            queue.move_to_end(job.handle, last=False)
+        self.queued += 1
+
+    def pop(self) -> Job | None:
+        """Take the oldest job of the highest priority waiting, if any."""
+        if not self.queued:
+            return None
+        for queue in self.queues:
+            if queue:
+                self.queued -= 1
+                return queue.popitem(last=False)[1]
+        return None  # pragma: no cover - queued > 0 means one queue is non-empty
+
+    def head_priority(self) -> int | None:
+        if self.queued:
+            for priority, queue in enumerate(self.queues):
+                if queue:
+                    return priority
+        return None
+
+    def remove(self, job: Job) -> bool:
+        """Take a queued job out of its queue; False if it was not queued here."""
+        queue = self.queues[job.priority]
+        if queue.pop(job.handle, None) is None:
+            return False
+        self.queued -= 1
+        return True

@@ -1,0 +1,354 @@
+"""The Gearman worker: register functions, then ``work()`` grabs jobs and runs them.
+
+A plain blocking loop over ordinary sockets (one per job server), using the sans-IO codec:
+workers run user code that blocks anyway, and a blocking loop with the next GRAB_JOB_UNIQ
+written together with each result costs one send and one receive per job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+from .errors import JobFailed
+from .protocol import RES, Decoder, PacketType, ProtocolError, request
+from .protocol.packets import DEFAULT_MAX_PACKET_SIZE, Packet
+from .servers import ServerSpec, parse_servers, split_address
+
+log = logging.getLogger("gearnb.worker")
+P = PacketType
+
+BACKOFF_FIRST = 0.1  # reconnect back-off, doubling up to BACKOFF_MAX (seconds)
+BACKOFF_MAX = 5.0
+# A server that does not answer a GRAB_JOB within this time is taken for dead.
+REPLY_TIMEOUT = 60.0
+RECV_SIZE = 256 * 1024
+
+
+class Job:
+    """A job being run: ``data``, ``handle``, ``unique``, ``function``; report back with
+    :meth:`send_status`, :meth:`send_data`, :meth:`send_warning`."""
+
+    __slots__ = ("handle", "function", "unique", "data", "_conn", "reducer")
+
+    def __init__(self, conn: _ServerConn, handle: bytes, function: bytes, unique: bytes,
+                 data: bytes, reducer: bytes = b"") -> None:
+        self._conn = conn
+        self.handle = handle
+        self.function = function.decode(errors="replace")
+        self.unique = unique
+        self.data = data
+        self.reducer = reducer
+
+    def send_status(self, numerator: int, denominator: int) -> None:
+        """WORK_STATUS: how far along the job is (the client sees numerator/denominator)."""
+        self._conn.send(request(P.WORK_STATUS, self.handle, str(int(numerator)).encode(),
+                                str(int(denominator)).encode()))
+
+    def send_data(self, data: bytes | str) -> None:
+        """WORK_DATA: a partial result for the client."""
+        self._conn.send(request(P.WORK_DATA, self.handle, _to_bytes(data)))
+
+    def send_warning(self, data: bytes | str) -> None:
+        """WORK_WARNING: a warning for the client."""
+        self._conn.send(request(P.WORK_WARNING, self.handle, _to_bytes(data)))
+
+    def __repr__(self) -> str:
+        return f"<Job {self.function} {self.handle!r}>"
+
+
+def _to_bytes(value: Any) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode()
+    raise TypeError(f"a worker function must return bytes, str or None, not {type(value).__name__}")
+
+
+class _ServerConn:
+    """One job server as seen by the worker: a socket, a decoder and reconnect state."""
+
+    def __init__(self, address: str, max_packet_size: int, ssl_context: Any = None) -> None:
+        self.address = address
+        self.max_packet_size = max_packet_size
+        self.ssl_context = ssl_context
+        self.sock: socket.socket | None = None
+        self.decoder = Decoder(RES, max_packet_size=max_packet_size)
+        self.packets: list[Packet] = []
+        self.failures = 0
+        self.retry_at = 0.0
+        self.sleeping = False
+        self.lock = threading.Lock()  # job.send_* may be called from the job's own threads
+
+    def connect(self, hello: bytes) -> bool:
+        host, port = split_address(self.address)
+        try:
+            sock = socket.create_connection((host, port), timeout=5)
+            if self.ssl_context is not None:
+                sock = self.ssl_context.wrap_socket(sock, server_hostname=host)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(REPLY_TIMEOUT)
+            sock.sendall(hello)
+        except OSError as exc:
+            self.failures += 1
+            delay = min(BACKOFF_FIRST * 2 ** (self.failures - 1), BACKOFF_MAX)
+            self.retry_at = time.monotonic() + delay
+            if self.failures == 1 or self.failures % 10 == 0:
+                log.warning("cannot reach job server %s (%s); retrying every few seconds", self.address, exc)
+            return False
+        if self.failures:
+            log.info("reconnected to job server %s", self.address)
+        self.sock = sock
+        self.decoder = Decoder(RES, max_packet_size=self.max_packet_size)
+        self.packets = []
+        self.failures = 0
+        self.sleeping = False
+        return True
+
+    def drop(self, why: str) -> None:
+        if self.sock is not None:
+            log.warning("lost job server %s: %s", self.address, why)
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = None
+        self.failures += 1
+        self.retry_at = time.monotonic() + BACKOFF_FIRST
+
+    def send(self, data: bytes) -> None:
+        sock = self.sock
+        if sock is None:
+            raise ConnectionError(f"not connected to {self.address}")
+        with self.lock:
+            sock.sendall(data)
+
+    def read_packets(self) -> None:
+        """One recv; decoded packets are appended to ``self.packets``. Raises on EOF / bad data."""
+        assert self.sock is not None
+        data = self.sock.recv(RECV_SIZE)
+        if not data:
+            raise ConnectionError("closed by the job server")
+        self.packets.extend(self.decoder.feed(data))  # type: ignore[arg-type]
+
+    def next_reply(self) -> Packet:
+        """The next packet that is not a NOOP (stray NOOPs are ignored, as in Perl/Ruby)."""
+        while True:
+            while self.packets:
+                packet = self.packets.pop(0)
+                if packet.type == P.NOOP:
+                    continue
+                if packet.type == P.ERROR:
+                    log.warning("job server %s: ERROR %s %s", self.address,
+                                packet.args[0].decode(errors="replace"), packet.args[1].decode(errors="replace"))
+                    continue
+                return packet
+            self.read_packets()
+
+
+class Worker:
+    """A Gearman worker.
+
+    >>> worker = Worker("127.0.0.1:4730", client_id="calc-1")   # doctest: +SKIP
+    >>> @worker.function("reverse")
+    ... def reverse(job):
+    ...     return job.data[::-1]
+    >>> worker.work()   # blocks until stop() or SIGTERM           # doctest: +SKIP
+    """
+
+    def __init__(self, servers: ServerSpec = None, *, client_id: str | None = None,
+                 max_packet_size: int = DEFAULT_MAX_PACKET_SIZE, ssl: Any = None) -> None:
+        self.servers = parse_servers(servers)
+        self.client_id = client_id
+        self.functions: dict[bytes, tuple[Callable[[Job], Any], int | None]] = {}
+        self._conns = [_ServerConn(a, max_packet_size, ssl) for a in self.servers]
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._changed = False  # abilities changed while working: re-announce them
+        self.jobs_done = 0
+
+    # -- registering --------------------------------------------------------------------
+    def register(self, name: str, fn: Callable[[Job], Any], timeout: float | None = None) -> None:
+        """Serve ``name`` with ``fn(job)``. ``timeout`` (seconds): CAN_DO_TIMEOUT, after which
+        the server takes the job back and gives it to another worker."""
+        self.functions[name.encode()] = (fn, timeout)
+        self._changed = True
+
+    def unregister(self, name: str) -> None:
+        self.functions.pop(name.encode(), None)
+        self._changed = True
+
+    def function(self, name: str, timeout: float | None = None) -> Callable[[Callable[[Job], Any]], Callable[[Job], Any]]:
+        """Decorator form of :meth:`register`."""
+        def decorate(fn: Callable[[Job], Any]) -> Callable[[Job], Any]:
+            self.register(name, fn, timeout)
+            return fn
+        return decorate
+
+    def _hello(self) -> bytes:
+        """What a (re)connected server is told: our id and every function we can do."""
+        out = [request(P.RESET_ABILITIES)]
+        if self.client_id:
+            out.append(request(P.SET_CLIENT_ID, self.client_id.encode()))
+        for name, (_, timeout) in self.functions.items():
+            if timeout:
+                out.append(request(P.CAN_DO_TIMEOUT, name, str(int(timeout * 1000)).encode()))
+            else:
+                out.append(request(P.CAN_DO, name))
+        return b"".join(out)
+
+    # -- running ------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask :meth:`work` to return after the current job (safe from any thread)."""
+        self._stop.set()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def work(self, max_jobs: int | None = None) -> None:
+        """Grab and run jobs until :meth:`stop`, SIGTERM, or ``max_jobs`` done."""
+        if not self.functions:
+            raise ValueError("register at least one function before calling work()")
+        self._stop.clear()
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        try:
+            self._loop(max_jobs)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            for conn in self._conns:
+                if conn.sock is not None:
+                    conn.sock.close()
+                    conn.sock = None
+
+    def _ensure_connected(self) -> list[_ServerConn]:
+        now = time.monotonic()
+        if self._changed:
+            self._changed = False
+            for conn in self._conns:
+                if conn.sock is not None:
+                    try:
+                        conn.send(self._hello())
+                    except OSError as exc:
+                        conn.drop(str(exc))
+        hello = None
+        live = []
+        for conn in self._conns:
+            if conn.sock is None and conn.retry_at <= now:
+                hello = hello or self._hello()
+                conn.connect(hello)
+            if conn.sock is not None:
+                live.append(conn)
+        return live
+
+    def _loop(self, max_jobs: int | None) -> None:
+        grab = request(P.GRAB_JOB_UNIQ)
+        while not self._stop.is_set():
+            live = self._ensure_connected()
+            did_work = False
+            for conn in live:
+                # Keep taking jobs from this server while it has them.
+                pending = grab
+                while not self._stop.is_set():
+                    try:
+                        conn.send(pending)
+                        reply = conn.next_reply()
+                    except (OSError, ProtocolError, ConnectionError) as exc:
+                        conn.drop(str(exc))
+                        break
+                    if reply.type == P.NO_JOB:
+                        break
+                    if reply.type not in (P.JOB_ASSIGN_UNIQ, P.JOB_ASSIGN, P.JOB_ASSIGN_ALL):
+                        log.warning("unexpected %r from %s", reply, conn.address)
+                        break
+                    did_work = True
+                    result = self._run(conn, reply)
+                    self.jobs_done += 1
+                    if max_jobs is not None and self.jobs_done >= max_jobs:
+                        self._stop.set()
+                    # The result and the next grab leave in one write.
+                    pending = result + (b"" if self._stop.is_set() else grab)
+                    if self._stop.is_set():
+                        try:
+                            conn.send(result)
+                        except OSError as exc:
+                            conn.drop(str(exc))
+                        break
+            if did_work or self._stop.is_set():
+                continue
+            self._sleep(live)
+
+    def _sleep(self, live: list[_ServerConn]) -> None:
+        """PRE_SLEEP everywhere, then wait for a NOOP (or a server to retry, or stop())."""
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ, None)
+        for conn in live:
+            try:
+                conn.send(request(P.PRE_SLEEP))
+            except OSError as exc:
+                conn.drop(str(exc))
+                continue
+            assert conn.sock is not None
+            selector.register(conn.sock, selectors.EVENT_READ, conn)
+        missing = [c.retry_at for c in self._conns if c.sock is None]
+        timeout = max(min(missing) - time.monotonic(), 0.01) if missing else None
+        try:
+            for key, _ in selector.select(timeout):
+                conn = key.data
+                if conn is None:
+                    try:
+                        self._wake_r.recv(4096)
+                    except OSError:
+                        pass
+                    continue
+                try:
+                    conn.read_packets()
+                except (OSError, ProtocolError, ConnectionError) as exc:
+                    conn.drop(str(exc))
+                    continue
+                # A NOOP: back to grabbing. Drop it so it is not taken for a reply later.
+                conn.packets = [p for p in conn.packets if p.type != P.NOOP]
+        finally:
+            selector.close()
+
+    def _run(self, conn: _ServerConn, packet: Packet) -> bytes:
+        """Run one job; return the packet that reports its outcome."""
+        if packet.type == P.JOB_ASSIGN_UNIQ:
+            handle, name, unique, data = packet.args
+            reducer = b""
+        elif packet.type == P.JOB_ASSIGN_ALL:
+            handle, name, unique, reducer, data = packet.args
+        else:
+            handle, name, data = packet.args
+            unique = reducer = b""
+        entry = self.functions.get(name)
+        if entry is None:
+            log.error("job server %s sent a job for %r, which this worker does not serve", conn.address, name)
+            return request(P.WORK_FAIL, handle)
+        job = Job(conn, handle, name, unique, data, reducer)
+        try:
+            result = entry[0](job)
+            return request(P.WORK_COMPLETE, handle, _to_bytes(result))
+        except JobFailed:
+            return request(P.WORK_FAIL, handle)
+        except Exception as exc:  # noqa: BLE001 - reported to the client
+            log.info("job %s %r raised %s", job.function, handle, type(exc).__name__)
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            return request(P.WORK_EXCEPTION, handle, text.encode(errors="replace"))
+
+    def __repr__(self) -> str:
+        names = ", ".join(n.decode() for n in self.functions)
+        return f"<gearnb.Worker servers={self.servers} functions=[{names}] pid={os.getpid()}>"

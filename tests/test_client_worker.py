@@ -1,0 +1,245 @@
+"""gearnb Client and Worker through the gearnb server and through a real gearmand."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import gearnb
+from peers import wait_until, wait_workers, worker_thread
+
+
+def reverse(job):
+    return job.data[::-1]
+
+
+def chatty(job):
+    job.send_status(1, 2)
+    job.send_data(b"part")
+    job.send_warning(b"careful")
+    job.send_status(2, 2)
+    return b"done:" + job.data
+
+
+def boom(job):
+    raise ValueError("bad input " + job.data.decode())
+
+
+def fail(job):
+    raise gearnb.JobFailed()
+
+
+def test_do_and_exceptions(server_address):
+    with worker_thread(server_address, {"reverse": reverse, "boom": boom, "fail": fail}):
+        client = gearnb.Client(server_address)
+        assert client.do("reverse", b"abc") == b"cba"
+        assert client.do("reverse", "h\0llo") == b"oll\0h"  # NULs survive
+        with pytest.raises(gearnb.JobException) as info:
+            client.do("boom", b"42")
+        assert "ValueError: bad input 42" in info.value.text
+        with pytest.raises(gearnb.JobFailed):
+            client.do("fail", b"")
+        client.close()
+
+
+def test_callbacks_status_data_warning(server_address):
+    with worker_thread(server_address, {"chatty": chatty}):
+        client = gearnb.Client(server_address)
+        events = []
+        task = gearnb.Task("chatty", b"x")
+        task.on_created(lambda h: events.append(("created", h[:2])))
+        task.on_status(lambda n, d: events.append(("status", n, d)))
+        task.on_data(lambda d: events.append(("data", d)))
+        task.on_warning(lambda d: events.append(("warning", d)))
+
+        @task.on_complete
+        def done(data):
+            events.append(("complete", data))
+
+        taskset = gearnb.TaskSet(client)
+        taskset.add(task)
+        assert taskset.wait(10)
+        assert events == [("created", b"H:"), ("status", 1, 2), ("data", b"part"), ("warning", b"careful"),
+                          ("status", 2, 2), ("complete", b"done:x")]
+        assert task.result == b"done:x" and task.status == (2, 2)
+        client.close()
+
+
+def test_many_in_flight_on_one_connection(server_address):
+    with worker_thread(server_address, {"reverse": reverse}), worker_thread(server_address, {"reverse": reverse}):
+        client = gearnb.Client(server_address)
+        taskset = gearnb.TaskSet(client)
+        tasks = [taskset.add(gearnb.Task("reverse", str(i).encode())) for i in range(2000)]
+        assert taskset.wait(60)
+        assert [t.result for t in tasks] == [str(i).encode()[::-1] for i in range(2000)]
+        assert len({t.handle for t in tasks}) == 2000
+        client.close()
+
+
+def test_background_and_status(server_address):
+    gate = threading.Event()
+
+    def slow(job):
+        job.send_status(3, 10)
+        gate.wait(10)
+        return b"ok"
+
+    client = gearnb.Client(server_address)
+    handle = client.do_background("slow", b"", unique="bg-1")
+    assert handle.startswith(b"H:")
+    status = client.status(handle)
+    assert status.known and not status.running
+    with worker_thread(server_address, {"slow": slow}):
+        wait_until(lambda: client.status(handle).running)
+        wait_until(lambda: client.status(handle).numerator == 3)
+        assert client.status(handle) == gearnb.JobStatus(True, True, 3, 10)
+        by_unique, clients = client.status_unique("bg-1")
+        assert by_unique.known and by_unique.running and clients == 0
+        gate.set()
+        wait_until(lambda: not client.status(handle).known)
+    assert client.status(b"H:nope:1") == gearnb.JobStatus(False, False, 0, 0)
+    client.close()
+
+
+def test_priorities(server_address):
+    order = []
+
+    def record(job):
+        order.append(job.data)
+        return b""
+
+    client = gearnb.Client(server_address)
+    # Queue while no worker is there, then let one worker take them in priority order.
+    handles = [client.do_background("prio", name.encode(), priority=name, unique=f"p-{name}-{i}")
+               for i in range(2) for name in ("low", "normal", "high")]
+    assert len(set(handles)) == 6
+    with worker_thread(server_address, {"prio": record}):
+        wait_until(lambda: len(order) == 6)
+    assert order == [b"high", b"high", b"normal", b"normal", b"low", b"low"]
+    client.close()
+
+
+def test_coalescing_on_unique(server_address):
+    gate = threading.Event()
+    runs = []
+
+    def slow(job):
+        runs.append(job.data)
+        gate.wait(10)
+        return b"shared"
+
+    client_a, client_b = gearnb.Client(server_address), gearnb.Client(server_address)
+    with worker_thread(server_address, {"slow": slow}):
+        wait_workers(server_address, "slow")
+        a = client_a.submit(gearnb.Task("slow", b"one", unique="same"))
+        wait_until(lambda: runs)
+        b = client_b.submit(gearnb.Task("slow", b"two", unique="same"))
+        wait_until(lambda: b.handle is not None)
+        gate.set()
+        assert a.wait(10) and b.wait(10)
+    assert a.handle == b.handle and a.result == b.result == b"shared"
+    assert runs == [b"one"]
+    client_a.close(), client_b.close()
+
+
+def test_retries_call_on_retry(server_address):
+    attempts = []
+
+    def flaky(job):
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise gearnb.JobFailed()
+        return b"third time"
+
+    with worker_thread(server_address, {"flaky": flaky}):
+        client = gearnb.Client(server_address)
+        retried = []
+        task = gearnb.Task("flaky", b"", retries=5).on_retry(retried.append)
+        client.submit(task)
+        assert task.wait(10)
+        assert task.result == b"third time" and retried == [1, 2]
+        failing = client.submit(gearnb.Task("flaky2", b"", retries=1))
+        with worker_thread(server_address, {"flaky2": fail}):
+            assert failing.wait(10)
+        assert not failing.successful and failing.retries_done == 1
+        client.close()
+
+
+def test_echo(server_address):
+    client = gearnb.Client(server_address)
+    assert client.echo(b"hi\0there") == b"hi\0there"
+    client.close()
+
+
+def test_worker_stop_finishes_current_job(server_address):
+    started = threading.Event()
+
+    def slow(job):
+        started.set()
+        time.sleep(0.5)
+        return b"finished"
+
+    client = gearnb.Client(server_address)
+    with worker_thread(server_address, {"slow": slow}) as worker:
+        task = client.submit(gearnb.Task("slow", b""))
+        started.wait(10)
+        worker.stop()
+        assert task.wait(10) and task.result == b"finished"
+    client.close()
+
+
+def test_epoch_job_runs_when_due(server_address):
+    ran = []
+    with worker_thread(server_address, {"later": lambda job: ran.append(time.time()) or b""}):
+        wait_workers(server_address, "later")
+        client = gearnb.Client(server_address)
+        when = int(time.time()) + 2
+        client.do_background("later", b"", when=when, unique="epoch-1")
+        time.sleep(0.5)
+        assert not ran
+        try:
+            wait_until(lambda: ran, timeout=6)
+        except AssertionError:
+            # gearmand <= 1.1.22 does not wake sleeping workers for due epoch jobs (#343).
+            client.do_background("later", b"", unique="nudge")
+            wait_until(lambda: ran, timeout=6)
+        assert ran[0] >= when - 1
+        client.close()
+
+
+def test_async_client(server_address):
+    import asyncio
+
+    async def main():
+        async with gearnb.AsyncClient(server_address) as client:
+            results = await asyncio.gather(*(client.do("reverse", str(i)) for i in range(50)))
+            assert results == [str(i).encode()[::-1] for i in range(50)]
+            with pytest.raises(gearnb.JobException):
+                await client.do("boom", b"1")
+
+    with worker_thread(server_address, {"reverse": reverse, "boom": boom}):
+        asyncio.run(main())
+
+
+def test_blocking_api_inside_running_loop(gearnb_address):
+    """As in a Jupyter cell: the blocking API called while an event loop runs on this thread."""
+    import asyncio
+
+    async def cell():
+        client = gearnb.Client(gearnb_address)
+        result = client.do("reverse", b"jupyter")
+        client.close()
+        return result
+
+    with worker_thread(gearnb_address, {"reverse": reverse}):
+        assert asyncio.run(cell()) == b"retypuj"
+
+
+def test_no_server_gives_clear_error():
+    client = gearnb.Client("127.0.0.1:1", submit_timeout=0.5)
+    with pytest.raises(gearnb.NoJobServers) as info:
+        client.do("x", b"")
+    assert "gearnb server" in str(info.value)
+    client.close()
