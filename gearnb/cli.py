@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from . import __version__
@@ -11,8 +12,10 @@ from .protocol import DEFAULT_MAX_PACKET_SIZE
 
 
 def _server(args: argparse.Namespace) -> int:
+    from .cluster import die_with_parent
     from .server import serve
 
+    die_with_parent()
     serve(args.host, args.port, max_packet_size=args.max_packet_size, job_retries=args.job_retries,
           handle_prefix=args.job_handle_prefix, exceptions_default=args.exceptions)
     return 0
@@ -21,7 +24,39 @@ def _server(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from .launcher import run_workers
 
-    return run_workers(args.servers, args.processes, imports=args.imports, client_id=args.client_id)
+    return run_workers(args.servers, args.processes, imports=args.imports, client_id=args.client_id,
+                       key_file=args.key_file)
+
+
+def _local(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .cluster import LocalCluster
+
+    cluster = LocalCluster(args.workers, port=args.port, imports=tuple(args.imports)).start()
+    key_file = args.key_file
+    if key_file:
+        with open(key_file, "w", encoding="utf-8") as f:
+            f.write(cluster.key.hex() + "\n")
+        os.chmod(key_file, 0o600)
+    print(f"gearnb local cluster: job server {cluster.address}, {cluster.n_workers} workers "
+          f"(pids {' '.join(map(str, cluster.worker_pids()))})")
+    print("Connect from a notebook with:")
+    if key_file:
+        print(f"    import gearnb; gearnb.connect({cluster.address!r}, key_file={key_file!r})")
+    else:
+        print(f"    import gearnb; gearnb.connect({cluster.address!r}, key={cluster.key.hex()!r})")
+    print("Ctrl-C stops it.", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.close()
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -74,7 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--import", dest="imports", action="append", default=[],
                    help="module whose register(worker) function (or GEARMAN_FUNCTIONS dict) adds functions")
     p.add_argument("--client-id", default=None)
+    p.add_argument("--key-file", default=None, help="cluster key for pyexec (default: GEARNB_KEY)")
     p.set_defaults(run=_worker)
+
+    p = sub.add_parser("local", help="a bundled job server and workers in the foreground, for notebooks to connect to")
+    p.add_argument("--workers", "-n", type=int, default=None, help="worker processes (default: one per CPU)")
+    p.add_argument("--port", "-p", type=int, default=0, help="job server port (default: a free one)")
+    p.add_argument("--import", dest="imports", action="append", default=[])
+    p.add_argument("--key-file", default=None, help="write the cluster key here (mode 600) instead of printing it")
+    p.set_defaults(run=_local)
 
     p = sub.add_parser("status", help="print the functions, queued and running jobs and workers of job servers")
     p.add_argument("--servers", default=None)

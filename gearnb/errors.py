@@ -21,6 +21,14 @@ class JobException(JobFailed):
         self.text = text
 
 
+class WorkException(GearmanError):
+    """Raise in a worker function to answer WORK_EXCEPTION with exactly ``data`` (no traceback)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data[:200])
+        self.data = data
+
+
 class ServerError(GearmanError):
     """The job server answered ERROR (``code`` is gearmand's code string, e.g. QUEUE_ERROR)."""
 
@@ -35,4 +43,4 @@ class NoJobServers(GearmanError, ConnectionError):
     """No job server could be reached."""
 
 
-__all__ = ["GearmanError", "JobException", "JobFailed", "NoJobServers", "ProtocolError", "ServerError"]
+__all__ = ["GearmanError", "JobException", "JobFailed", "NoJobServers", "ProtocolError", "ServerError", "WorkException"]

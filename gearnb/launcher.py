@@ -37,26 +37,41 @@ def load_functions(worker: Worker, modules: Sequence[str]) -> None:
             raise SystemExit(f"gearnb worker: module {name} has neither register(worker) nor GEARMAN_FUNCTIONS")
 
 
-def run_one(servers: str | None, modules: Sequence[str], client_id: str | None) -> int:
+def run_one(servers: str | None, modules: Sequence[str], client_id: str | None,
+            key_file: str | None = None) -> int:
+    """One worker in this process: pyexec (when a cluster key is set) plus imported functions."""
+    from .cluster import die_with_parent
+    from .pyexec import PYEXEC, PyexecRunner, load_key
+
+    die_with_parent()
     worker = Worker(servers, client_id=client_id)
+    key = load_key(None, key_file)
+    if key:
+        worker.register(PYEXEC, PyexecRunner(key))
     load_functions(worker, modules)
-    if not worker.functions:
-        raise SystemExit("gearnb worker: no functions to serve (use --import MODULE)")
+    if not key:
+        if not worker.functions:
+            raise SystemExit("gearnb worker: no cluster key, so no pyexec, and no --import MODULE: nothing to "
+                             "serve. Set GEARNB_KEY or pass --key-file (the key gearnb.connect() uses).")
+        log.warning("no cluster key (GEARNB_KEY / --key-file): serving only %s, not pyexec",
+                    ", ".join(n.decode() for n in worker.functions))
     worker.work()
     return 0
 
 
 def run_workers(servers: str | None, processes: int, imports: Sequence[str] = (),
-                client_id: str | None = None) -> int:
+                client_id: str | None = None, key_file: str | None = None) -> int:
     """Run ``processes`` worker processes in the foreground and look after them."""
     if os.environ.get("GEARNB_WORKER_CHILD") == "1":
-        return run_one(servers, imports, client_id)
+        return run_one(servers, imports, client_id, key_file)
     spec = ",".join(parse_servers(servers))
     cmd = [sys.executable, "-m", "gearnb", "worker", "--servers", spec]
     for module in imports:
         cmd += ["--import", module]
     if client_id:
         cmd += ["--client-id", client_id]
+    if key_file:
+        cmd += ["--key-file", key_file]
     env = dict(os.environ, GEARNB_WORKER_CHILD="1")
     # Imported modules may live in the current directory, as with "python -m".
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))

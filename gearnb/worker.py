@@ -17,7 +17,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from .errors import JobFailed
+from .errors import JobFailed, WorkException
 from .protocol import RES, Decoder, PacketType, ProtocolError, request
 from .protocol.packets import DEFAULT_MAX_PACKET_SIZE, Packet
 from .servers import ServerSpec, parse_servers, split_address
@@ -342,6 +342,8 @@ class Worker:
         try:
             result = entry[0](job)
             return request(P.WORK_COMPLETE, handle, _to_bytes(result))
+        except WorkException as exc:
+            return request(P.WORK_EXCEPTION, handle, exc.data)
         except JobFailed:
             return request(P.WORK_FAIL, handle)
         except Exception as exc:  # noqa: BLE001 - reported to the client

@@ -141,3 +141,173 @@ def gearnb_server(**options) -> Iterator[Server]:
         yield server
     finally:
         server.stop_in_thread()
+
+
+class RawConnection:
+    """A blocking socket speaking raw binary Gearman (and admin text) to a job server.
+
+    For tests that pin the server's behaviour packet by packet; short timeouts throughout.
+    """
+
+    def __init__(self, address: str, timeout: float = 5.0) -> None:
+        from gearnb.protocol import RES, Decoder
+
+        host, port = address.rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.timeout = timeout
+        self.decoder = Decoder(RES)
+        self.pending: list = []
+        self.text = b""
+
+    def send(self, ptype: int, *args: bytes) -> None:
+        from gearnb.protocol import request
+
+        self.sock.sendall(request(ptype, *args))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv(self, timeout: float | None = None):
+        """The next packet; raises TimeoutError if none arrives in time, EOFError on close."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while not self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no packet")
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                raise TimeoutError("no packet") from None
+            if not chunk:
+                raise EOFError("connection closed")
+            self.pending.extend(self.decoder.feed(chunk))
+        return self.pending.pop(0)
+
+    def expect(self, ptype: int, timeout: float | None = None) -> tuple[bytes, ...]:
+        """The next packet, which must be of ``ptype``; returns its arguments."""
+        from gearnb.protocol import PacketType
+
+        packet = self.recv(timeout)
+        assert packet.type == ptype, f"expected {PacketType(ptype).name}, got {packet!r}"
+        return packet.args
+
+    def nothing(self, timeout: float = 0.3) -> None:
+        """Assert that no packet arrives within ``timeout`` seconds."""
+        try:
+            packet = self.recv(timeout)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected {packet!r}")
+
+    def call(self, ptype: int, *args: bytes, reply: int) -> tuple[bytes, ...]:
+        self.send(ptype, *args)
+        return self.expect(reply)
+
+    def sync(self) -> None:
+        """Round-trip an ECHO: everything sent before has been processed by the server."""
+        from gearnb.protocol import PacketType
+
+        self.send(PacketType.ECHO_REQ, b"sync")
+        assert self.expect(PacketType.ECHO_RES) == (b"sync",)
+
+    def closed(self, timeout: float = 2.0) -> bool:
+        """True when the server closes the connection (EOF or reset) within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                if not self.sock.recv(65536):
+                    return True
+            except socket.timeout:
+                return False
+            except ConnectionError:
+                return True
+        return False
+
+    # admin text protocol on the same kind of socket
+    def command(self, line: str, multiline: bool | None = None) -> bytes:
+        """Send an admin line; return the raw reply (up to ``.\\n`` for list replies)."""
+        self.sock.sendall(line.encode() + b"\r\n")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            if self.text:
+                first_end = self.text.find(b"\n")
+                if first_end >= 0:
+                    first = self.text[:first_end + 1]
+                    is_list = multiline if multiline is not None else not (
+                        first.startswith(b"OK") or first.startswith(b"ERR "))
+                    if not is_list:
+                        self.text = self.text[first_end + 1:]
+                        return first
+                    if first == b".\n":
+                        self.text = self.text[first_end + 1:]
+                        return first
+                    end = self.text.find(b"\n.\n")
+                    if end >= 0:
+                        reply, self.text = self.text[:end + 3], self.text[end + 3:]
+                        return reply
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no complete reply to {line!r}: {self.text!r}")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("connection closed")
+            self.text += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RawConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WorkerProcesses:
+    """``gearnb worker --processes N`` as a real process tree, with a cluster key."""
+
+    def __init__(self, servers: str, processes: int = 2, key: bytes = b"k" * 32, imports: tuple[str, ...] = (),
+                 function: str = "pyexec") -> None:
+        self.servers = servers
+        self.processes = processes
+        self.key = key
+        self.imports = imports
+        self.function = function
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> "WorkerProcesses":
+        cmd = [sys.executable, "-m", "gearnb", "worker", "--servers", self.servers,
+               "--processes", str(self.processes)]
+        for module in self.imports:
+            cmd += ["--import", module]
+        env = dict(os.environ, GEARNB_KEY=self.key.hex())
+        env.pop("GEARNB_WORKER_CHILD", None)
+        self.proc = subprocess.Popen(cmd, env=env)
+        if wait:
+            for server in self.servers.split(","):
+                wait_workers(server, self.function, self.processes, timeout=30)
+        return self
+
+    def child_pids(self) -> list[int]:
+        assert self.proc is not None
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> "WorkerProcesses":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

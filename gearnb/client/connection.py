@@ -199,6 +199,7 @@ def _deliver(task: Task, ptype: int, args: tuple[bytes, ...], conn: ClientConnec
         task.status = status
         task._emit("status", *status)
     elif ptype == P.WORK_EXCEPTION:
+        task.exception_data = args[1]
         task.exception_text = args[1].decode(errors="replace")
         task._emit("exception", task.exception_text)
         conn.owner.job_failed(task)

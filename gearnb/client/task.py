@@ -70,6 +70,7 @@ class Task:
         self.server: str | None = None
         self.result: bytes | None = None
         self.exception_text: str | None = None
+        self.exception_data: bytes | None = None  # WORK_EXCEPTION's data as sent
         self.status: tuple[int, int] = (0, 0)
         self.retries_done = 0
         self.finished = False

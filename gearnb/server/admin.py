@@ -33,7 +33,11 @@ def unknown(command: str) -> bytes:
 
 
 def incomplete(command: str) -> bytes:
-    return err("INVALID_ARGUMENTS", "An incomplete set of arguments was sent to this command", command)
+    # Unlike UNKNOWN_COMMAND, gearmand puts a "+" between this message and the command.
+    return err("INVALID_ARGUMENTS", "An incomplete set of arguments was sent to this command ", command)
+
+
+UNKNOWN_ERROR = b"ERR UNKNOWN_ERROR\r\n"
 
 
 class AdminCommands:
@@ -52,12 +56,16 @@ class AdminCommands:
             "maxqueue": self.maxqueue,
             "show": self.show,
             "cancel": self.cancel,
+            "create": self.create,
+            "drop": self.drop,
         }
 
     def handle_line(self, conn: Connection, line: str) -> None:
         words = line.split()
-        if not words:
-            return  # gearmand ignores empty lines
+        if not words or line[0].isspace():
+            # gearmand answers an empty line, or one starting with a blank, with an empty command.
+            conn.send(unknown(""))
+            return
         command = self.commands.get(words[0].lower())
         if command is None:
             conn.send(unknown(words[0]))
@@ -82,8 +90,10 @@ class AdminCommands:
 
     def workers(self, conn: Connection, words: list[str]) -> bytes:
         lines = []
-        for c in self.server.connections:
-            names = b"".join(b" " + f.name for f in c.abilities)
+        # gearmand keeps connections and a worker's functions in lists it prepends to: it shows
+        # the newest first. So do we.
+        for c in reversed(self.server.connections):
+            names = b"".join(b" " + f.name for f in reversed(c.abilities))
             lines.append(b"%d %s %s :%s\n" % (c.fd, c.peer.encode(), c.client_id, names))
         return b"".join(lines) + b".\n"
 
@@ -100,7 +110,7 @@ class AdminCommands:
     def maxqueue(self, conn: Connection, words: list[str]) -> bytes:
         if len(words) < 2:
             return incomplete("maxqueue")
-        function = self.server.function(words[1].encode())
+        function = self.server.functions.get(words[1].encode())
 
         def number(text: str) -> int:
             try:
@@ -108,15 +118,20 @@ class AdminCommands:
             except ValueError:
                 return 0
 
-        if len(words) >= 5:
-            function.max_queue = [number(words[2]), number(words[3]), number(words[4])]
-        elif len(words) >= 3:
-            function.max_queue = [number(words[2])] * 3
+        # gearmand: one value sets all three priorities; with two or three, a missing one is
+        # unlimited. A function the server does not know yet is silently left alone (OK all the same).
+        if len(words) <= 3:
+            limits = [number(words[2]) if len(words) == 3 else 0] * 3
         else:
-            function.max_queue = [0, 0, 0]
+            given = [number(w) for w in words[2:5]]
+            limits = given + [0] * (3 - len(given))
+        if function is not None:
+            function.max_queue = limits
         return b"OK\r\n"
 
     def show(self, conn: Connection, words: list[str]) -> bytes:
+        if len(words) < 2:
+            return unknown("show")
         what = [w.lower() for w in words[1:]]
         if what == ["jobs"]:
             lines = [
@@ -126,13 +141,35 @@ class AdminCommands:
             return b"".join(lines) + b".\n"
         if what == ["unique", "jobs"]:
             return b"".join(job.unique + b"\n" for job in self.server.jobs.values()) + b".\n"
-        return unknown("show")
+        return b"ERR UNKNOWN_SHOW_ARGUMENTS\r\n"
 
     def cancel(self, conn: Connection, words: list[str]) -> bytes:
-        if len(words) < 2 or words[1].lower() != "job":
-            return unknown("cancel")
+        # gearmand's quirks: fewer than three words is an unknown command, anything but
+        # exactly "cancel job HANDLE" an internal error.
         if len(words) < 3:
-            return incomplete("cancel")
+            return unknown("cancel")
+        if len(words) != 3 or words[1].lower() != "job":
+            return UNKNOWN_ERROR
         if self.server.cancel(words[2].encode()):
             return b"OK\r\n"
         return b"ERR UNKNOWN_JOB\r\n"
+
+    def create(self, conn: Connection, words: list[str]) -> bytes:
+        """``create function F``: make F known (it shows in ``status``) before any worker has it."""
+        if len(words) != 3 or words[1].lower() != "function":
+            return incomplete("create")
+        self.server.function(words[2].encode())
+        return b"OK\r\n"
+
+    def drop(self, conn: Connection, words: list[str]) -> bytes:
+        """``drop function F`` (F matched case-insensitively, as gearmand does)."""
+        if len(words) != 3 or words[1].lower() != "function":
+            return incomplete("drop")
+        name = words[2].encode().lower()
+        for function in self.server.functions.values():
+            if function.name.lower() == name:
+                if function.workers or function.running:
+                    return b"ERR there are still connected workers or executing clients\r\n"
+                self.server.drop_function(function)
+                return b"OK\r\n"
+        return b"ERR function not found\r\n"

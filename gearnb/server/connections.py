@@ -84,8 +84,10 @@ class Connection(asyncio.Protocol):
                 continue
             handler = handlers.get(item.type)
             if handler is None:
-                self.error(b"INVALID_COMMAND", b"Command not expected", close=True)
-                break
+                # A well-formed packet we do not take (ALL_YOURS, SUBMIT_JOB_SCHED, a response
+                # type): gearmand answers ERROR and keeps the connection open.
+                self.error(b"INVALID_COMMAND", b"Command not expected")
+                continue
             try:
                 handler(self, item.args)
             except ProtocolError as exc:

@@ -163,7 +163,7 @@ class JobServer:
             if conn is not None:
                 conn.error(b"QUEUE_ERROR", b"Job queue is full")
             return None
-        job = Job(handle or self.new_handle(), function, key, data, priority, background, when, reducer)
+        job = Job(handle or self.new_handle(), function, unique, data, priority, background, when, reducer)
         self.jobs[job.handle] = job
         if key:
             function.by_unique[key] = job
@@ -439,8 +439,8 @@ class JobServer:
             job.timer.cancel()
             job.timer = None
         self.jobs.pop(job.handle, None)
-        if job.unique and function.by_unique.get(job.unique) is job:
-            del function.by_unique[job.unique]
+        if job.key and function.by_unique.get(job.key) is job:
+            del function.by_unique[job.key]
         for client in job.clients:
             client.client_jobs.pop(job, None)
         job.clients = []
@@ -484,6 +484,17 @@ class JobServer:
             conn.error(b"UNKNOWN_OPTION", b"Server does not recognize given option")
 
     # -- admin operations ---------------------------------------------------------------
+    def drop_function(self, function: Function) -> None:
+        """``drop function``: forget a function no worker has and nothing runs for.
+
+        gearmand leaves its queued jobs behind, unreachable; we end them, failing their clients.
+        """
+        for job in [job for job in self.jobs.values() if job.function is function]:
+            for client in job.clients:
+                client.send_packet(P.WORK_FAIL, job.handle)
+            self._end_job(job)
+        self.functions.pop(function.name, None)
+
     def cancel(self, handle: bytes) -> bool:
         """Cancel a job that has not started; its clients get WORK_FAIL."""
         job = self.jobs.get(handle)

@@ -36,7 +36,8 @@ class Function:
         self.sleepers: dict[Connection, None] = {}  # of those, asleep and not yet woken
         self.waking = 0      # NOOPs sent whose worker has not come back to grab yet
         self.by_unique: dict[bytes, Job] = {}
-        self.max_queue = [0, 0, 0]  # per priority; 0 means unlimited (gearmand's default)
+        # Per priority of the job submitted; 0 means unlimited (gearmand's default).
+        self.max_queue = [0, 0, 0]
 
     @property
     def total(self) -> int:
@@ -44,8 +45,10 @@ class Function:
         return self.queued + self.running + self.scheduled
 
     def queue_full(self, priority: int) -> bool:
+        # gearmand compares the limit of the new job's priority with *all* the function's jobs
+        # (its job_total: every priority, running ones too), not with that priority's queue.
         limit = self.max_queue[priority]
-        return limit > 0 and len(self.queues[priority]) >= limit
+        return limit > 0 and self.total >= limit
 
     def push(self, job: Job, front: bool = False) -> None:
         queue = self.queues[job.priority]

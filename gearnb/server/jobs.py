@@ -21,7 +21,7 @@ class Job:
     """One job. Foreground jobs have ``clients`` (connections waiting for the result)."""
 
     __slots__ = (
-        "handle", "function", "unique", "data", "priority", "background", "clients",
+        "handle", "function", "unique", "key", "data", "priority", "background", "clients",
         "worker", "numerator", "denominator", "retries", "when", "reducer", "state",
         "timer", "stored",
     )
@@ -39,7 +39,9 @@ class Job:
     ) -> None:
         self.handle = handle
         self.function = function
-        self.unique = unique
+        self.unique = unique  # as sent: workers and `show unique jobs` see "-" as "-"
+        # What coalesces on: unique "-" means "the payload is the key" (gearmand, Perl).
+        self.key = data if unique == b"-" else unique
         self.data = data
         self.priority = priority
         self.background = background

@@ -1,0 +1,96 @@
+"""The module-level API: ``gearnb.map``, ``submit``, ``connect``, ``local`` and friends.
+
+With no set-up, the first call starts a local cluster (bundled job server plus one worker
+process per CPU) and later calls reuse it. ``connect()`` - or GEARMAN_SERVERS together with
+GEARNB_KEY in the environment - points them at existing job servers instead.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+from typing import Any, Callable, Iterable, Iterator
+
+from .cluster import LocalExecutor
+from .executor import Executor, GearnbFuture
+from .pyexec.keys import load_key
+from .pyexec.runner import report  # noqa: F401 - re-exported
+
+_default: Executor | None = None
+_lock = threading.Lock()
+
+
+def connect(servers: str | list[str], key: bytes | str | None = None, *, key_file: str | None = None) -> Executor:
+    """Use these job servers (and this cluster key) for the module-level calls."""
+    global _default
+    executor = Executor(servers, key, key_file=key_file)
+    with _lock:
+        old, _default = _default, executor
+    if old is not None:
+        old.shutdown(wait=False)
+    return executor
+
+
+def local(workers: int | None = None, **options: Any) -> LocalExecutor:
+    """Start a local cluster (bundled server + ``workers`` processes); use it as a context manager."""
+    return LocalExecutor(workers, **options)
+
+
+def default_executor() -> Executor:
+    """The executor the module-level calls use, started on first use."""
+    global _default
+    with _lock:
+        if _default is None:
+            if os.environ.get("GEARMAN_SERVERS") and load_key():
+                _default = Executor()
+            else:
+                _default = LocalExecutor()
+        return _default
+
+
+def shutdown() -> None:
+    """Stop the default executor (and its local cluster, if it started one)."""
+    global _default
+    with _lock:
+        old, _default = _default, None
+    if old is not None:
+        old.shutdown(wait=False)
+
+
+def map(fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int | str = "auto", ordered: bool = True,
+        timeout: float | None = None, retries: int = 0, priority: str = "normal", progress: Any = None) -> list[Any]:
+    """``[fn(*args) for args in zip(*iterables)]``, run on the workers. Returns a list."""
+    return default_executor().gmap(fn, *iterables, chunksize=chunksize, ordered=ordered, timeout=timeout,
+                                   retries=retries, priority=priority, progress=progress)
+
+
+def imap(fn: Callable[..., Any], *iterables: Iterable[Any], **options: Any) -> Iterator[Any]:
+    """Lazy, ordered; the input is consumed with a bounded window of jobs in flight."""
+    options.setdefault("chunksize", 1)
+    return default_executor().imap(fn, *iterables, **options)
+
+
+def imap_unordered(fn: Callable[..., Any], *iterables: Iterable[Any], **options: Any) -> Iterator[Any]:
+    """Lazy, in completion order."""
+    options.setdefault("chunksize", 1)
+    return default_executor().imap_unordered(fn, *iterables, **options)
+
+
+def submit(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> GearnbFuture:
+    """Run ``fn(*args, **kwargs)`` on a worker; returns a concurrent.futures.Future (awaitable)."""
+    return default_executor().submit(fn, *args, **kwargs)
+
+
+def call(function: str, data: Any = None, **options: Any) -> Any:
+    """Call a plain Gearman function with msgpack data: ``gearnb.call("addition", [2, 3])``."""
+    return default_executor().call(function, data, **options)
+
+
+def as_completed(futures: Iterable[concurrent.futures.Future], timeout: float | None = None) -> Iterator[concurrent.futures.Future]:
+    return concurrent.futures.as_completed(futures, timeout)
+
+
+def wait(futures: Iterable[concurrent.futures.Future], timeout: float | None = None,
+         return_when: str = concurrent.futures.ALL_COMPLETED) -> concurrent.futures._base.DoneAndNotDoneFutures:
+    return concurrent.futures.wait(futures, timeout, return_when)

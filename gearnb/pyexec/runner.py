@@ -1,0 +1,140 @@
+"""The worker side of pyexec: verify, unpack, call, capture output, answer.
+
+Registered on every gearnb worker as the Gearman function ``pyexec``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import sys
+from collections import OrderedDict
+from typing import Any, Callable
+
+from ..errors import WorkException
+from ..worker import Job
+from . import envelope
+from .keys import RefusedPayload, Signer
+
+log = logging.getLogger("gearnb.pyexec")
+
+PYEXEC = "pyexec"
+# Functions kept unpickled per worker, by digest. A sweep uses a handful; 256 bounds memory
+# for a long-lived worker that sees many notebooks' functions.
+FUNCTION_CACHE_SIZE = 256
+
+_current: Job | None = None  # the job this process is running, for report()
+
+
+def report(done: int, total: int) -> None:
+    """Inside a task: tell the caller how far along it is (sends Gearman WORK_STATUS).
+
+    Outside a gearnb worker it does nothing, so the same function runs locally too.
+    """
+    job = _current
+    if job is not None:
+        job.send_status(done, total)
+
+
+class _JobStream(io.TextIOBase):
+    """sys.stdout / sys.stderr inside a task: whole lines go to the caller as they are written
+    (stdout as WORK_DATA, stderr as WORK_WARNING); the rest when the task ends."""
+
+    def __init__(self, send: Callable[[bytes], None]) -> None:
+        self._send = send
+        self._buffer = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._buffer += text
+        if "\n" in self._buffer:
+            whole, _, self._buffer = self._buffer.rpartition("\n")
+            self._send((whole + "\n").encode(errors="replace"))
+        return len(text)
+
+    def flush(self) -> None:
+        if self._buffer:
+            text, self._buffer = self._buffer, ""
+            self._send(text.encode(errors="replace"))
+
+
+class PyexecRunner:
+    """Callable as a worker function: ``worker.register("pyexec", PyexecRunner(key))``."""
+
+    def __init__(self, key: bytes, function_name: str = PYEXEC) -> None:
+        self.signer = Signer(key)
+        self.function_name = function_name.encode()
+        self.functions: OrderedDict[bytes, Any] = OrderedDict()
+
+    def __call__(self, job: Job) -> bytes:
+        name = job.function.encode()
+        try:
+            body = self.signer.verify(name, job.data)
+        except RefusedPayload as exc:
+            log.warning("refused job %r: %s", job.handle, exc)
+            # Plain text, unsigned: the caller shows it, never unpickles it.
+            raise WorkException(f"gearnb worker refused the job: {exc}".encode()) from None
+        try:
+            msg = envelope.decode_call(body)
+            fn = self._function(msg)
+            if fn is None:
+                return self.signer.sign(name, envelope.encode_need_code())
+            calls = envelope.call_arguments(msg)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller
+            if isinstance(exc, ModuleNotFoundError):
+                exc = ModuleNotFoundError(
+                    f"{exc} on the worker: pickles refer to importable modules by name. Install the module "
+                    f"where the workers run, or call cloudpickle.register_pickle_by_value(module) before "
+                    f"submitting to send its code along", name=exc.name)
+            raise WorkException(self.signer.sign(name, envelope.encode_failure(exc))) from None
+        result = self._run(job, fn, calls)
+        if not msg.get("ch") and 0 in result[1]:
+            # A single call that raised: WORK_EXCEPTION, so Gearman tools see a failure.
+            raise WorkException(self.signer.sign(name, result[2]))
+        return self.signer.sign(name, result[2])
+
+    def _function(self, msg: dict[str, Any]) -> Any:
+        digest = msg["fd"]
+        fn = self.functions.get(digest)
+        if fn is not None:
+            self.functions.move_to_end(digest)
+            return fn
+        code = msg.get("fc")
+        if code is None:
+            return None
+        fn = pickle.loads(code)
+        self.functions[digest] = fn
+        if len(self.functions) > FUNCTION_CACHE_SIZE:
+            self.functions.popitem(last=False)
+        return fn
+
+    def _run(self, job: Job, fn: Any, calls: list[tuple[list[Any], dict[str, Any]]]) -> tuple[list[Any], dict[int, Any], bytes]:
+        global _current
+        values: list[Any] = []
+        errors: dict[int, dict[str, Any]] = {}
+        out = _JobStream(job.send_data)
+        err = _JobStream(job.send_warning)
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = out, err
+        _current = job
+        try:
+            for index, (args, kwargs) in enumerate(calls):
+                try:
+                    values.append(fn(*args, **kwargs))
+                except Exception as exc:  # noqa: BLE001 - goes back to the caller
+                    values.append(None)
+                    errors[index] = envelope.error_record(exc)
+        finally:
+            _current = None
+            sys.stdout, sys.stderr = saved
+            out.flush()
+            err.flush()
+        try:
+            body = envelope.encode_result(values, errors)
+        except Exception as exc:  # noqa: BLE001 - a result that does not serialise
+            errors = {i: envelope.error_record(exc) for i in range(len(values))}
+            body = envelope.encode_result([None] * len(values), errors)
+        return values, errors, body

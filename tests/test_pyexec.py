@@ -1,0 +1,195 @@
+"""pyexec: the envelope, signatures and what a worker refuses (no job server needed for most)."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+import gearnb
+from gearnb.pyexec import envelope
+from gearnb.pyexec.keys import RefusedPayload, Signer, key_from_text, load_key
+from gearnb.pyexec.runner import PyexecRunner
+from peers import WorkerProcesses, gearnb_server, worker_thread
+
+KEY = b"s" * 32
+
+
+class FakeJobForRunner:
+    """Not a mock of a peer: the Job object a runner gets, built without a socket."""
+
+    def __init__(self, data: bytes, function: str = "pyexec") -> None:
+        self.data = data
+        self.function = function
+        self.handle = b"H:test:1"
+        self.sent: list[tuple[str, bytes]] = []
+
+    def send_data(self, data):
+        self.sent.append(("data", data))
+
+    def send_warning(self, data):
+        self.sent.append(("warning", data))
+
+    def send_status(self, n, d):
+        self.sent.append(("status", (n, d)))
+
+
+def call_payload(fn, *args, key=KEY, function=b"pyexec", with_code=True, **kwargs):
+    body = envelope.encode_call(envelope.FunctionBlob(fn), [(args, kwargs)], with_code=with_code, chunk=False)
+    return Signer(key).sign(function, body)
+
+
+def run(payload, function="pyexec", key=KEY):
+    runner = PyexecRunner(key, function)
+    job = FakeJobForRunner(payload, function)
+    try:
+        answer = runner(job)
+        failed = False
+    except gearnb.WorkException as exc:
+        answer, failed = exc.data, True
+    return runner, job, answer, failed
+
+
+def test_plain_arguments_travel_as_msgpack():
+    body = envelope.encode_call(envelope.FunctionBlob(abs), [((1, "a", b"b", [1.5, None], {"k": True}), {})],
+                                with_code=False, chunk=False)
+    msg = msgpack.unpackb(body, raw=False)
+    assert "af" not in msg  # not pickled
+    assert msg["a"] == [[[1, "a", b"b", [1.5, None], {"k": True}], {}]]
+
+
+def test_other_arguments_travel_as_pickles_with_oob_buffers():
+    array = np.arange(1000, dtype=np.float64)
+    body = envelope.encode_call(envelope.FunctionBlob(abs), [((array, (1, 2)), {})], with_code=False, chunk=False)
+    msg = msgpack.unpackb(body, raw=False)
+    assert msg["af"] == envelope.PICKLED and len(msg["ab"]) == 1 and len(msg["ab"][0]) == 8000
+    (args, kwargs), = envelope.call_arguments(envelope.decode_call(body))
+    assert np.array_equal(args[0], array) and args[1] == (1, 2)
+
+
+def test_runner_calls_and_captures_output():
+    def f(x, y=0):
+        print("hello", x)
+        gearnb.report(1, 2)
+        return x + y
+
+    runner, job, answer, failed = run(call_payload(f, 2, y=3))
+    assert not failed
+    result = envelope.decode_result(Signer(KEY).verify(b"pyexec", answer))
+    assert result["values"] == [5]
+    assert ("data", b"hello 2\n") in job.sent and ("status", (1, 2)) in job.sent
+
+
+def test_function_cache_and_need_code():
+    def f(x):
+        return x * 3
+
+    runner = PyexecRunner(KEY)
+    no_code = call_payload(f, 1, with_code=False)
+    answer = runner(FakeJobForRunner(no_code))
+    assert envelope.decode_result(Signer(KEY).verify(b"pyexec", answer)).get("need_code")
+    runner(FakeJobForRunner(call_payload(f, 1)))  # now cached by digest
+    answer = runner(FakeJobForRunner(no_code))
+    assert envelope.decode_result(Signer(KEY).verify(b"pyexec", answer))["values"] == [3]
+
+
+def test_remote_exception_keeps_type_and_traceback():
+    def f():
+        raise KeyError("missing")
+
+    _, _, answer, failed = run(call_payload(f))
+    assert failed
+    msg = envelope.decode_result(Signer(KEY).verify(b"pyexec", answer))
+    exc = envelope.rebuild_error(msg["e"][0])
+    assert isinstance(exc, KeyError)
+    assert "raise KeyError" in exc.__cause__.tb
+
+
+def test_unpicklable_exception_becomes_remote_error():
+    class Weird(Exception):
+        def __reduce__(self):
+            raise TypeError("no")
+
+    def f():
+        raise Weird("w")
+
+    _, _, answer, _ = run(call_payload(f))
+    exc = envelope.rebuild_error(envelope.decode_result(Signer(KEY).verify(b"pyexec", answer))["e"][0])
+    assert isinstance(exc, gearnb.RemoteError) and "Weird" in exc.type_name
+
+
+EXECUTED = []
+
+
+def _mark():
+    EXECUTED.append(1)
+    return "ran"
+
+
+@pytest.mark.parametrize("case", ["unsigned", "wrong-key", "truncated", "flipped", "other-function", "empty"])
+def test_refused_payloads_never_run(case):
+    EXECUTED.clear()
+    good = call_payload(_mark)
+    payload = {
+        "unsigned": msgpack.packb({"v": 1}),
+        "wrong-key": call_payload(_mark, key=b"x" * 32),
+        "truncated": good[:20],
+        "flipped": good[:-1] + bytes([good[-1] ^ 1]),
+        "other-function": good,  # signed for "pyexec", replayed to "pyexec2"
+        "empty": b"",
+    }[case]
+    function = "pyexec2" if case == "other-function" else "pyexec"
+    _, _, answer, failed = run(payload, function)
+    assert failed and answer.startswith(b"gearnb worker refused the job")
+    assert EXECUTED == []
+
+
+def test_version_mismatch_names_both_versions():
+    body = msgpack.packb({"v": 1, "py": "3.2", "cp": "0.1", "fd": b"x" * 16, "ch": False, "a": []})
+    _, _, answer, failed = run(Signer(KEY).sign(b"pyexec", body))
+    assert failed
+    exc = envelope.rebuild_error(envelope.decode_result(Signer(KEY).verify(b"pyexec", answer))["fail"])
+    assert isinstance(exc, gearnb.VersionMismatch)
+    assert "3.2" in str(exc) and envelope.PYTHON_VERSION in str(exc) and envelope.CLOUDPICKLE_VERSION in str(exc)
+
+
+def test_keys(tmp_path, monkeypatch):
+    assert key_from_text("ab" * 16) == bytes.fromhex("ab" * 16)
+    assert key_from_text("short") == b"short"
+    monkeypatch.setenv("GEARNB_KEY", "cd" * 16)
+    assert load_key() == bytes.fromhex("cd" * 16)
+    path = tmp_path / "k"
+    path.write_text("ef" * 16 + "\n")
+    assert load_key(key_file=str(path)) == bytes.fromhex("ef" * 16)
+    monkeypatch.delenv("GEARNB_KEY")
+    assert load_key() is None
+    with pytest.raises(ValueError, match="GEARNB_KEY"):
+        gearnb.Executor("127.0.0.1:1")
+
+
+def test_refusals_through_a_real_server_and_worker_processes(tmp_path):
+    """Unsigned and wrongly signed payloads reach a real worker process and are refused."""
+    marker = tmp_path / "ran"
+    with gearnb_server() as server, WorkerProcesses(server.address, processes=1, key=KEY):
+        client = gearnb.Client(server.address)
+        with pytest.raises(gearnb.JobException, match="refused"):
+            client.do("pyexec", b"not signed")
+        wrong = gearnb.Executor(server.address, key=b"w" * 32)
+        with pytest.raises(RefusedPayload):
+            wrong.submit(marker.write_text, "x").result(20)
+        assert not marker.exists()
+        right = gearnb.Executor(server.address, key=KEY)
+        assert right.submit(marker.write_text, "x").result(20) == 1
+        assert marker.exists()
+        wrong.shutdown(), right.shutdown(), client.close()
+
+
+def test_worker_refuses_a_result_signed_with_another_key():
+    """The caller never unpickles an answer that is not signed with its key."""
+    with gearnb_server() as server:
+        other = PyexecRunner(b"o" * 32)
+        with worker_thread(server.address, {"pyexec": lambda job: other.signer.sign(b"pyexec", b"\x80")}):
+            ex = gearnb.Executor(server.address, key=KEY)
+            with pytest.raises(RefusedPayload, match="not signed"):
+                ex.submit(abs, 1).result(20)
+            ex.shutdown()
