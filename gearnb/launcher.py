@@ -22,6 +22,11 @@ QUICK_DEATH = 2.0
 RESTART_PAUSE = 1.0
 
 
+NOTHING_TO_SERVE = (
+    "gearnb worker: no cluster key, so no pyexec, and no --import MODULE: nothing to serve. "
+    "Set GEARNB_KEY or pass --key-file (the key gearnb.connect() uses).")
+
+
 def load_functions(worker: Worker, modules: Sequence[str]) -> None:
     """Let each module add its functions: ``register(worker)`` or a ``GEARMAN_FUNCTIONS`` dict."""
     for name in modules:
@@ -50,9 +55,6 @@ def run_one(servers: str | None, modules: Sequence[str], client_id: str | None,
         worker.register(PYEXEC, PyexecRunner(key))
     load_functions(worker, modules)
     if not key:
-        if not worker.functions:
-            raise SystemExit("gearnb worker: no cluster key, so no pyexec, and no --import MODULE: nothing to "
-                             "serve. Set GEARNB_KEY or pass --key-file (the key gearnb.connect() uses).")
         log.warning("no cluster key (GEARNB_KEY / --key-file): serving only %s, not pyexec",
                     ", ".join(n.decode() for n in worker.functions))
     worker.work()
@@ -62,6 +64,10 @@ def run_one(servers: str | None, modules: Sequence[str], client_id: str | None,
 def run_workers(servers: str | None, processes: int, imports: Sequence[str] = (),
                 client_id: str | None = None, key_file: str | None = None) -> int:
     """Run ``processes`` worker processes in the foreground and look after them."""
+    from .pyexec import load_key
+
+    if not imports and not load_key(None, key_file):
+        raise SystemExit(NOTHING_TO_SERVE)
     if os.environ.get("GEARNB_WORKER_CHILD") == "1":
         return run_one(servers, imports, client_id, key_file)
     spec = ",".join(parse_servers(servers))
