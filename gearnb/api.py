@@ -10,10 +10,13 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import threading
+import time
 from typing import Any, Callable, Iterable, Iterator
 
 from .cluster import LocalExecutor
 from .executor import Executor, GearnbFuture
+from .executor.mapping import PROGRESS_POLL
+from .progress import make_progress
 from .pyexec.keys import load_key
 from .pyexec.runner import report  # noqa: F401 - re-exported
 
@@ -87,8 +90,35 @@ def call(function: str, data: Any = None, **options: Any) -> Any:
     return default_executor().call(function, data, **options)
 
 
-def as_completed(futures: Iterable[concurrent.futures.Future], timeout: float | None = None) -> Iterator[concurrent.futures.Future]:
-    return concurrent.futures.as_completed(futures, timeout)
+def as_completed(futures: Iterable[concurrent.futures.Future], timeout: float | None = None, *,
+                 progress: Any = None) -> Iterator[concurrent.futures.Future]:
+    """concurrent.futures.as_completed, with the progress panel (``progress=False``: none)."""
+    futures = list(dict.fromkeys(futures))
+    workers = _default.worker_count() if _default is not None else 1
+    tracker = make_progress(progress, total=len(futures), label="as_completed", workers=workers)
+    if tracker is None:
+        yield from concurrent.futures.as_completed(futures, timeout)
+        return
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending = set(futures)
+    tracker.submitted(len(pending))
+    for future in futures:
+        task = getattr(future, "task", None)
+        if task is not None:
+            task.on_status(lambda n, d, t=task: tracker.status(t, n, d))
+    try:
+        while pending:
+            wait_for = PROGRESS_POLL if deadline is None else min(PROGRESS_POLL, deadline - time.monotonic())
+            if wait_for <= 0:
+                raise concurrent.futures.TimeoutError(f"{len(pending)} (of {len(futures)}) futures unfinished")
+            done, pending = concurrent.futures.wait(pending, wait_for, concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                failed = not future.cancelled() and future.exception() is not None
+                tracker.finished(1, int(failed), getattr(future, "task", None))
+            tracker.tick(force=bool(done))
+            yield from done
+    finally:
+        tracker.close()
 
 
 def wait(futures: Iterable[concurrent.futures.Future], timeout: float | None = None,

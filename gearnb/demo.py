@@ -66,20 +66,51 @@ def calculate(client: Client, expressions: list[str], out: Callable[[str], None]
     return results
 
 
+def sweep_point(rate: float, steps: int) -> float:
+    """One point of the demo's parameter sweep: compound growth, reporting its progress."""
+    from . import report
+
+    value = 1.0
+    for step in range(steps):
+        value *= 1 + rate / steps
+        if step % (steps // 4) == 0:
+            report(step, steps)
+    time.sleep(0.02)  # pretend it is real work, so the progress line has something to show
+    return value
+
+
+def run_sweep(address: str, key: bytes) -> list[float]:
+    from .executor import Executor
+
+    rates = [i / 100 for i in range(1, 101)]
+    executor = Executor(address, key=key)
+    try:
+        print(f"- a parameter sweep through pyexec: sweep_point(rate, 10000) for {len(rates)} rates")
+        values = executor.gmap(sweep_point, rates, [10_000] * len(rates), chunksize=1, progress=True)
+    finally:
+        executor.shutdown()
+    best = max(range(len(rates)), key=values.__getitem__)
+    print(f"  growth at rate {rates[0]:.2f}: {values[0]:.4f}; at rate {rates[best]:.2f}: {values[best]:.4f}")
+    return values
+
+
 def run_demo(expressions: list[str]) -> int:
+    from .pyexec.keys import KEY_ENV, new_key
     from .server import Server
 
     print("gearnb demo: a bundled Gearman job server, four calculus workers and a client")
+    key = new_key()
     with Server("127.0.0.1", 0) as server:
         print(f"- job server listening on {server.address}")
         env = dict(os.environ, GEARNB_WORKER_CHILD="1")
+        env[KEY_ENV] = key.hex()
         workers = [
             subprocess.Popen([sys.executable, "-m", "gearnb", "worker", "--servers", server.address,
                               "--import", "gearnb.demo", "--client-id", f"calc-{i}"], env=env)
             for i in range(2)
         ]
         print(f"- started {len(workers)} worker processes (pids {', '.join(str(w.pid) for w in workers)}) "
-              "serving addition, subtraction, multiplication, division")
+              "serving addition, subtraction, multiplication, division and pyexec")
         try:
             _wait_for_workers(server.address, 4)
             with Client(server.address) as client:
@@ -91,12 +122,13 @@ def run_demo(expressions: list[str]) -> int:
             for expression in expressions:
                 print(f"  {expression} = {results.get(expression)}")
             print(f"- {len(results)} of {len(expressions)} tasks done in {elapsed * 1000:.1f} ms")
+            sweep = run_sweep(server.address, key)
         finally:
             for w in workers:
                 w.terminate()
             for w in workers:
                 w.wait(10)
-    return 0 if len(results) == len(expressions) else 1
+    return 0 if len(results) == len(expressions) and len(sweep) == 100 else 1
 
 
 def _wait_for_workers(address: str, functions: int, timeout: float = 20) -> None:

@@ -103,7 +103,7 @@ def test_report_sends_status(executor):
         def submitted(self, n):
             pass
 
-        def finished(self, n, failed):
+        def finished(self, n, failed, task=None):
             pass
 
         def status(self, task, n, d):

@@ -29,6 +29,7 @@ CHUNKS_PER_WORKER = 4
 # ...but no chunk above this many items, so progress stays visible and retries cheap.
 MAX_AUTO_CHUNK = 20_000
 UNSIZED_AUTO_CHUNK = 256  # an input without len(): chunks of this size
+PROGRESS_POLL = 0.1  # seconds between progress redraws while waiting (10 per second at most)
 
 
 class Chunk:
@@ -91,7 +92,11 @@ class MapRun:
         self.retries = retries
         self.priority = priority
         self.window = max(1, window)
-        self.progress = progress
+        from ..progress import make_progress
+
+        self.progress = make_progress(progress, total=self.total, label=self.label,
+                                      workers=executor.worker_count() if progress is not False else 1)
+        self._tick = getattr(self.progress, "tick", None)
         self.events: queue.SimpleQueue[Chunk] = queue.SimpleQueue()
         self.in_flight: dict[int, Chunk] = {}  # id(chunk) -> chunk
         self.code_sent = False
@@ -167,13 +172,18 @@ class MapRun:
             self.close()
 
     def _wait(self) -> Chunk:
-        remaining = None if self.deadline is None else self.deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            raise TimeoutError("map() did not finish within its timeout")
-        try:
-            return self.events.get(timeout=remaining)
-        except queue.Empty:
-            raise TimeoutError("map() did not finish within its timeout") from None
+        while True:
+            remaining = None if self.deadline is None else self.deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError("map() did not finish within its timeout")
+            if self._tick is not None:
+                # Wake up now and then to redraw progress on this (the calling) thread.
+                self._tick()
+                remaining = PROGRESS_POLL if remaining is None else min(remaining, PROGRESS_POLL)
+            try:
+                return self.events.get(timeout=remaining)
+            except queue.Empty:
+                continue
 
     def _outcomes(self, chunk: Chunk) -> list[tuple[int, bool, Any]]:
         """Decode a finished chunk; resubmit what should run again."""
@@ -195,7 +205,7 @@ class MapRun:
             again.attempts = chunk.attempts + 1
             self._resubmit(again)
         if self.progress is not None:
-            self.progress.finished(len(out), sum(1 for _, ok, _ in out if not ok))
+            self.progress.finished(len(out), sum(1 for _, ok, _ in out if not ok), task)
         self.done += len(out)
         return out
 
