@@ -19,8 +19,9 @@ class TextView:
         filled = int(BAR_WIDTH * min(fraction, 1.0))
         bar = "#" * filled + "-" * (BAR_WIDTH - filled)
         line = f"{s.label} [{bar}] {describe(s)}"
-        width = shutil.get_terminal_size((100, 20)).columns - 1
-        return line[:width]
+        if self.stream.isatty():  # one line must stay one line on a narrow terminal
+            line = line[:shutil.get_terminal_size((100, 20)).columns - 1]
+        return line
 
     def draw(self, snapshot: Snapshot) -> None:
         self.stream.write("\r\x1b[2K" + self._line(snapshot))
