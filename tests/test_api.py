@@ -200,3 +200,41 @@ def test_ctrl_c_cancels_queued_jobs(executor, server_address):
     # gearmand keeps cancelled jobs in its count until a worker dequeues them; ours drops them.
     wait_until(lambda: queued() == 0, timeout=20)
     assert executor.gmap(abs, [-1, -2, -3]) == [1, 2, 3]  # still usable
+
+
+def test_maxqueue_backpressure_loses_nothing(executor, server_address):
+    """A full queue (maxqueue) answers QUEUE_ERROR: the map waits and resubmits."""
+    with gearnb.Admin(server_address) as admin:
+        admin.maxqueue("pyexec", 4)
+    try:
+        refused = []
+
+        class Counter:
+            def submitted(self, n):
+                pass
+
+            def finished(self, n, failed, task=None):
+                pass
+
+            def status(self, *a):
+                pass
+
+            def close(self):
+                pass
+
+        out = executor.gmap(lambda x: x * 3, range(300), chunksize=1, progress=Counter())
+        assert out == [x * 3 for x in range(300)]
+        with pytest.raises(gearnb.ServerError, match="QUEUE_ERROR"):
+            # Plain Gearman submits past the limit are refused with the server's error.
+            client = gearnb.Client(server_address)
+            try:
+                for i in range(10):
+                    client.do_background("nobody-serves-this", str(i))
+                    with gearnb.Admin(server_address) as admin:
+                        admin.maxqueue("nobody-serves-this", 2)
+            finally:
+                client.close()
+        del refused
+    finally:
+        with gearnb.Admin(server_address) as admin:
+            admin.maxqueue("pyexec", 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any
 
 from .._loop import io_loop
@@ -39,10 +40,32 @@ class Client:
         self._io = io_loop()
         self._core = ClientCore(self.servers, submit_timeout=submit_timeout,
                                 max_packet_size=max_packet_size, ssl=ssl)
+        self._outbox: deque[Task] = deque()  # tasks on their way to the I/O thread
+        self._outbox_scheduled = False
 
     # -- submitting ---------------------------------------------------------------------
     def _submit_soon(self, task: Task) -> None:
-        self._io.call_soon(self._core.submit, task)
+        """Hand ``task`` to the I/O thread. Tasks submitted in a burst (a TaskSet) go over in
+        one call_soon_threadsafe, and in order: one wake-up of the I/O thread per batch."""
+        self._outbox.append(task)
+        if self._io.in_loop_thread():
+            self._drain_outbox()
+        elif not self._outbox_scheduled:
+            self._outbox_scheduled = True
+            try:
+                self._io.loop.call_soon_threadsafe(self._drain_outbox)
+            except BaseException:
+                self._outbox_scheduled = False
+                raise
+
+    def _drain_outbox(self) -> None:  # on the I/O thread
+        # Clear the flag before taking tasks: a task added after this line either is taken
+        # below or schedules another drain.
+        self._outbox_scheduled = False
+        outbox = self._outbox
+        submit = self._core.submit
+        while outbox:
+            submit(outbox.popleft())
 
     def submit(self, task: Task) -> Task:
         """Submit a task without waiting; ``task.wait()`` waits and runs its callbacks there."""

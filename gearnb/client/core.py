@@ -141,12 +141,31 @@ class ClientCore:
         if self.closed:
             task._finish(False, NoJobServers("the client is closed"))
             return
+        now = time.monotonic()
         for state in self._order(task, avoid):
-            if state.live and state.address not in task._tried:
+            if state.address in task._tried:
+                continue
+            if state.live:
                 assert state.conn is not None
                 state.conn.submit(task)
                 return
+            if not state.usable(now):
+                continue  # backing off after a failure: fail over to the next one
+            if task.unique:
+                # Not connected yet (or due for a retry): a unique waits for its own server
+                # rather than taking whichever is live, or coalescing across clients breaks.
+                break
+            # Not connected yet: connect in the background, so that later tasks are spread
+            # over every server instead of all going to the first one that was connected.
+            if state.connecting is None:
+                asyncio.ensure_future(self._connect_quietly(state))
         asyncio.ensure_future(self._submit_when_connected(task, avoid))
+
+    async def _connect_quietly(self, state: ServerState) -> None:
+        try:
+            await self.connection(state)
+        except ConnectionError:
+            pass  # _connect has set the back-off; tasks go elsewhere meanwhile
 
     async def _submit_when_connected(self, task: Task, avoid: str | None) -> None:
         deadline = time.monotonic() + self.submit_timeout

@@ -65,8 +65,8 @@ class Executor(concurrent.futures.Executor):
         blob = envelope.FunctionBlob(fn)
         label = getattr(fn, "__name__", None) or type(fn).__name__
         future = GearnbFuture(self, label)
-        body = envelope.encode_call(blob, [(args, kwargs)], with_code=True, chunk=False)
-        payload = self.signer.sign(self.function, body)
+        parts = envelope.encode_call_parts(blob, [(args, kwargs)], with_code=True, chunk=False)
+        payload = self.signer.sign_parts(self.function, parts)
         with self._lock:
             self._futures.add(future)
         future.add_done_callback(self._forget)
@@ -123,7 +123,7 @@ class Executor(concurrent.futures.Executor):
         """``map`` returning a list, with ``chunksize`` ("auto" or int), ``ordered``,
         ``timeout``, ``retries``, ``priority`` and ``progress``."""
         options.setdefault("chunksize", "auto")
-        return [value for _, value in MapRun(self, fn, iterables, **options)]
+        return MapRun(self, fn, iterables, **options).collect()
 
     def imap(self, fn: Callable[..., Any], *iterables: Iterable[Any], **options: Any) -> Iterator[Any]:
         """Lazy ordered map: input consumed with a bounded window of jobs in flight."""

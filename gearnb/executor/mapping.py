@@ -11,9 +11,10 @@ import itertools
 import math
 import queue
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from ..client.task import Task
+from ..errors import ServerError
 from ..pyexec import envelope
 from ..pyexec.envelope import FunctionBlob
 
@@ -30,19 +31,50 @@ CHUNKS_PER_WORKER = 4
 MAX_AUTO_CHUNK = 20_000
 UNSIZED_AUTO_CHUNK = 256  # an input without len(): chunks of this size
 PROGRESS_POLL = 0.1  # seconds between progress redraws while waiting (10 per second at most)
+# A job server whose queue is full (gearmand's maxqueue) answers QUEUE_ERROR: wait, then send
+# the refused chunks again with fewer in flight. 50 ms doubling to 1 s.
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 1.0
 
 
 class Chunk:
-    """One Gearman job of a map: the items at ``indices``."""
+    """One Gearman job of a map: the items at ``indices`` (a range, or a list for a retry),
+    their arguments as ``columns`` (one list per argument position)."""
 
-    __slots__ = ("indices", "calls", "attempts", "task", "with_code")
+    __slots__ = ("indices", "columns", "attempts", "task", "with_code")
 
-    def __init__(self, indices: list[int], calls: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
+    def __init__(self, indices: Sequence[int], columns: list[list[Any]]) -> None:
         self.indices = indices
-        self.calls = calls
+        self.columns = columns
         self.attempts = 0
         self.task: Task | None = None
         self.with_code = False
+
+
+# A settled piece of a map: (first index, values of consecutive indices, {offset: exception}).
+Run = tuple[int, list[Any], dict[int, BaseException]]
+
+
+def _runs(indices: Sequence[int], values: list[Any], errors: dict[int, BaseException],
+          skip: set[int]) -> list[Run]:
+    """The settled items of a chunk as runs of consecutive indices (``skip``: positions retried)."""
+    if not errors and type(indices) is range and len(values) == len(indices):
+        return [(indices.start, values, {})]  # the usual case: the whole chunk, as it came
+    runs: list[Run] = []
+    for i, index in enumerate(indices):
+        if i in skip:
+            continue
+        if runs and runs[-1][0] + len(runs[-1][1]) == index:
+            run = runs[-1]
+        else:
+            run = (index, [], {})
+            runs.append(run)
+        if i in errors:
+            run[2][len(run[1])] = errors[i]
+            run[1].append(None)
+        else:
+            run[1].append(values[i] if i < len(values) else None)
+    return runs
 
 
 def auto_chunksize(total: int | None, workers: int) -> int:
@@ -86,12 +118,19 @@ class MapRun:
         if not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError("chunksize must be a positive int or 'auto'")
         self.chunksize = chunksize
-        self.items = enumerate(zip(*iterables))
+        # One iterable (the usual map): its items are the arguments, taken as they are.
+        self.single = iter(iterables[0]) if len(iterables) == 1 else None
+        self.rows = zip(*iterables)
+        self.produced = 0  # index of the next item
         self.ordered = ordered
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.retries = retries
         self.priority = priority
-        self.window = max(1, window)
+        self.window = self.max_window = max(1, window)
+        # Chunks a full server queue refused (maxqueue): sent again after a pause.
+        self.backlog: list[Chunk] = []
+        self.resume_at = 0.0
+        self.backoff = BACKOFF_FIRST
         from ..progress import make_progress
 
         self.progress = make_progress(progress, total=self.total, label=self.label,
@@ -106,16 +145,25 @@ class MapRun:
 
     # -- producing ------------------------------------------------------------------------
     def _next_chunk(self) -> Chunk | None:
-        batch = list(itertools.islice(self.items, self.chunksize))
-        if not batch:
-            return None
-        return Chunk([i for i, _ in batch], [(args, {}) for _, args in batch])
+        if self.single is not None:
+            column = list(itertools.islice(self.single, self.chunksize))
+            if not column:
+                return None
+            columns = [column]
+        else:
+            rows = list(itertools.islice(self.rows, self.chunksize))
+            if not rows:
+                return None
+            columns = [list(column) for column in zip(*rows)]
+        start = self.produced
+        self.produced += len(columns[0])
+        return Chunk(range(start, self.produced), columns)
 
     def _task(self, chunk: Chunk) -> Task:
         with_code = chunk.with_code or not self.code_sent
         self.code_sent = True
-        body = envelope.encode_call(self.blob, chunk.calls, with_code=with_code, chunk=True)
-        task = Task(self.executor.function, self.executor.signer.sign(self.executor.function, body),
+        parts = envelope.encode_map_chunk(self.blob, chunk.columns, with_code=with_code)
+        task = Task(self.executor.function, self.executor.signer.sign_parts(self.executor.function, parts),
                     priority=self.priority)
         events = self.events
         task._done_hooks.append(lambda t, c=chunk: events.put(c))
@@ -126,7 +174,12 @@ class MapRun:
     def _fill(self, exhausted: bool, buffered: int) -> bool:
         """Submit chunks until ``window`` are in flight or waiting to be yielded in order."""
         tasks = []
-        while not exhausted and len(self.in_flight) + len(tasks) + buffered < self.window:
+        if self.backlog and time.monotonic() >= self.resume_at:
+            while self.backlog and len(self.in_flight) < self.window:
+                chunk = self.backlog.pop(0)
+                tasks.append(self._task(chunk))
+                self.in_flight[id(chunk)] = chunk
+        while not exhausted and not self.backlog and len(self.in_flight) + buffered < self.window:
             chunk = self._next_chunk()
             if chunk is None:
                 exhausted = True
@@ -145,37 +198,72 @@ class MapRun:
 
     # -- consuming ------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[int, Any]]:
-        pending: dict[int, tuple[bool, Any]] = {}  # ordered mode: index -> (ok, value)
+        runs = self._iter_runs()
+        try:
+            for start, values, errors in runs:
+                if not errors:
+                    yield from zip(range(start, start + len(values)), values)
+                    continue
+                for offset, value in enumerate(values):
+                    if offset in errors:
+                        raise errors[offset]
+                    yield start + offset, value
+        finally:
+            runs.close()
+            self.close()
+
+    def collect(self) -> list[Any]:
+        """Every value as one list (``gmap``): in input order, or in completion order if not
+        ``ordered``; raises the first failed item's exception, as iterating would."""
+        out: list[Any] = []
+        runs = self._iter_runs()
+        try:
+            for _, values, errors in runs:
+                if errors:
+                    raise errors[min(errors)]
+                out.extend(values)
+        finally:
+            runs.close()
+            self.close()
+        return out
+
+    def _iter_runs(self) -> Iterator[Run]:
+        """Settled runs of items: in index order if ``ordered``, else as chunks finish."""
+        pending: dict[int, Run] = {}  # ordered mode: first index -> run
         next_index = 0
         exhausted = False
         try:
             while True:
-                exhausted = self._fill(exhausted, len(pending) // self.chunksize)
-                if not self.in_flight:
+                exhausted = self._fill(exhausted, len(pending))
+                if not self.in_flight and not self.backlog:
                     break
                 chunk = self._wait()
+                if chunk is None:
+                    continue
                 del self.in_flight[id(chunk)]
-                for index, ok, value in self._outcomes(chunk):
-                    if self.ordered:
-                        pending[index] = (ok, value)
-                    elif ok:
-                        yield index, value
+                for run in self._outcomes(chunk):
+                    if not self.ordered:
+                        yield run
                     else:
-                        raise value
+                        pending[run[0]] = run
                 while next_index in pending:
-                    ok, value = pending.pop(next_index)
-                    next_index += 1
-                    if not ok:
-                        raise value
-                    yield next_index - 1, value
+                    run = pending.pop(next_index)
+                    next_index = run[0] + len(run[1])
+                    yield run
         finally:
             self.close()
 
-    def _wait(self) -> Chunk:
+    def _wait(self) -> Chunk | None:
+        """The next finished chunk, or None when it is time to send the backlog again."""
         while True:
-            remaining = None if self.deadline is None else self.deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = None if self.deadline is None else self.deadline - now
             if remaining is not None and remaining <= 0:
                 raise TimeoutError("map() did not finish within its timeout")
+            if self.backlog and len(self.in_flight) < self.window:
+                if now >= self.resume_at:
+                    return None
+                remaining = self.resume_at - now if remaining is None else min(remaining, self.resume_at - now)
             if self._tick is not None:
                 # Wake up now and then to redraw progress on this (the calling) thread.
                 self._tick()
@@ -185,7 +273,7 @@ class MapRun:
             except queue.Empty:
                 continue
 
-    def _outcomes(self, chunk: Chunk) -> list[tuple[int, bool, Any]]:
+    def _outcomes(self, chunk: Chunk) -> list[Run]:
         """Decode a finished chunk; resubmit what should run again."""
         task = chunk.task
         assert task is not None
@@ -196,18 +284,38 @@ class MapRun:
             self._resubmit(chunk)
             return []
         except BaseException as exc:  # the whole chunk failed (job failed, refused, no server)
-            values, errors = [None] * len(chunk.indices), {i: exc for i in range(len(chunk.indices))}
-        retry = [i for i in errors if chunk.attempts < self.retries]
-        out = [(index, i not in errors, errors.get(i, values[i] if i < len(values) else None))
-               for i, index in enumerate(chunk.indices) if i not in retry]
+            if not (isinstance(exc, ServerError) and exc.code == "QUEUE_ERROR"):
+                values, errors = [None] * len(chunk.indices), {i: exc for i in range(len(chunk.indices))}
+                return self._settle(chunk, values, errors)
+            # Backpressure: the queue is full. Keep the chunk and send fewer at a time:
+            # halve the window and pause, once per burst of refusals (the other chunks
+            # refused in the same burst only join the backlog).
+            self.backlog.append(chunk)
+            now = time.monotonic()
+            if now >= self.resume_at:
+                self.window = max(1, self.window // 2)
+                self.resume_at = now + self.backoff
+                self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+            return []
+        return self._settle(chunk, values, errors)
+
+    def _settle(self, chunk: Chunk, values: list[Any], errors: dict[int, BaseException]) -> list[Run]:
+        if not errors and self.window < self.max_window:
+            self.window += 1
+            self.backoff = BACKOFF_FIRST
+        # A finished job freed a place in the server's queue: the backlog may go now.
+        self.resume_at = 0.0
+        retry = sorted(i for i in errors if chunk.attempts < self.retries)
+        runs = _runs(chunk.indices, values, errors, set(retry))
         if retry:
-            again = Chunk([chunk.indices[i] for i in retry], [chunk.calls[i] for i in retry])
+            again = Chunk([chunk.indices[i] for i in retry], [[column[i] for i in retry] for column in chunk.columns])
             again.attempts = chunk.attempts + 1
             self._resubmit(again)
+        settled = len(chunk.indices) - len(retry)
         if self.progress is not None:
-            self.progress.finished(len(out), sum(1 for _, ok, _ in out if not ok), task)
-        self.done += len(out)
-        return out
+            self.progress.finished(settled, len(errors) - len(retry), chunk.task)
+        self.done += settled
+        return runs
 
     def close(self) -> None:
         """Stop: whatever is still queued on the job servers is cancelled there."""

@@ -5,24 +5,45 @@ A call is a msgpack map: format version, Python and cloudpickle versions, the fu
 Arguments and results travel as msgpack when they are plain data (None, bool, int, float,
 str, bytes, lists, dicts) and as cloudpickle otherwise; out-of-band pickle protocol 5
 buffers (numpy arrays) are carried next to the pickle, not copied into it.
+
+Large out-of-band buffers (``FRAME_MIN`` bytes and more) make a *framed* body: the byte 0xC1
+(which msgpack never uses), the length of the msgpack map, the map, then the buffers, raw,
+each aligned in the signed payload. They are copied once into the payload on the sending side
+and unpickled in place, from the received payload, on the other.
+
+The calls of a map chunk travel as columns (``"c"``: one list per argument position), so a
+chunk of plain items is one msgpack list of them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import pickle
+import struct
 import sys
 import traceback
-from typing import Any
+from typing import Any, Union
 
 import cloudpickle
 import msgpack
+
+from .keys import MAC_SIZE, MAGIC
 
 FORMAT_VERSION = 1
 PYTHON_VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
 CLOUDPICKLE_VERSION = cloudpickle.__version__
 
 PLAIN, PICKLED = 0, 1
+
+# Out-of-band buffers of at least this many bytes in all travel framed (after the msgpack map):
+# in the map, msgpack would copy them twice when packing and once more when unpacking.
+FRAME_MIN = 256 * 1024
+FRAME_MARKER = 0xC1  # never used by msgpack: a framed body cannot be taken for a plain one
+_FRAME = struct.Struct("<B3xI")  # marker, padding, length of the msgpack map that follows
+FRAME_ALIGN = 64  # framed buffers start at multiples of this in the signed payload
+_PAYLOAD_OFFSET = len(MAGIC) + MAC_SIZE  # where the body starts in a signed payload
+
+Part = Union[bytes, memoryview]
 
 
 class VersionMismatch(RuntimeError):
@@ -61,21 +82,65 @@ def _unpack(data: bytes | memoryview) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
-def pack_with(msg: dict[str, Any], field: str, value: Any) -> bytes:
+def pack_parts(msg: dict[str, Any], field: str, value: Any) -> list[Part]:
     """Pack ``msg`` with ``value`` in ``field``: as plain msgpack when it is plain data, else
     as a cloudpickle (with out-of-band protocol 5 buffers kept beside it, not copied into it).
-    The plain case - the common one - packs once."""
+    The plain case - the common one - packs once. Returns the body as parts to be joined
+    (by :meth:`Signer.sign_parts`): one part, or the frame of large buffers and the buffers."""
     msg[field] = value
     try:
-        return _pack(msg)
+        return [_pack(msg)]
     except (TypeError, OverflowError, ValueError):
         pass
     buffers: list[pickle.PickleBuffer] = []
     msg[field] = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     msg[field + "f"] = PICKLED
-    if buffers:
-        msg[field + "b"] = [b.raw() for b in buffers]
-    return _pack(msg)
+    if not buffers:
+        return [_pack(msg)]
+    raws = [b.raw() for b in buffers]
+    if sum(raw.nbytes for raw in raws) < FRAME_MIN:
+        msg[field + "b"] = raws
+        return [_pack(msg)]
+    msg["zf"] = field
+    msg["zb"] = [raw.nbytes for raw in raws]
+    head = _pack(msg)
+    parts: list[Part] = [_FRAME.pack(FRAME_MARKER, len(head)), head]
+    pos = _FRAME.size + len(head)
+    for raw in raws:
+        pad = -(pos + _PAYLOAD_OFFSET) % FRAME_ALIGN
+        if pad:
+            parts.append(bytes(pad))
+            pos += pad
+        parts.append(raw)
+        pos += raw.nbytes
+    return parts
+
+
+def pack_with(msg: dict[str, Any], field: str, value: Any) -> bytes:
+    """:func:`pack_parts`, joined."""
+    parts = pack_parts(msg, field, value)
+    return parts[0] if len(parts) == 1 else b"".join(parts)  # type: ignore[return-value]
+
+
+def _unpack_body(body: bytes | memoryview) -> Any:
+    """A body as packed by :func:`pack_parts`; framed buffers become views of ``body``."""
+    if not body or body[0] != FRAME_MARKER:
+        return _unpack(body)
+    view = memoryview(body)
+    _, head_size = _FRAME.unpack_from(view)
+    pos = _FRAME.size + head_size
+    msg = _unpack(view[_FRAME.size:pos])
+    if not isinstance(msg, dict) or not isinstance(msg.get("zf"), str) or not isinstance(msg.get("zb"), list):
+        raise ValueError("not a framed pyexec body")
+    views = []
+    for size in msg.pop("zb"):
+        pos += -(pos + _PAYLOAD_OFFSET) % FRAME_ALIGN
+        if not isinstance(size, int) or size < 0 or pos + size > len(view):
+            raise ValueError("a framed pyexec body cut short")
+        views.append(view[pos:pos + size])
+        pos += size
+    msg[msg.pop("zf") + "b"] = views
+    return msg
 
 
 def load_value(msg: dict[str, Any], field: str) -> Any:
@@ -95,20 +160,39 @@ class FunctionBlob:
         self.digest = hashlib.sha256(self.code).digest()[:16]
 
 
-def encode_call(blob: FunctionBlob, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-                with_code: bool, chunk: bool) -> bytes:
-    """The body of a call: one ``(args, kwargs)`` or, with ``chunk``, several of them."""
+def _call_msg(blob: FunctionBlob, with_code: bool, chunk: bool) -> dict[str, Any]:
     msg: dict[str, Any] = {
         "v": FORMAT_VERSION, "py": PYTHON_VERSION, "cp": CLOUDPICKLE_VERSION, "fd": blob.digest,
         "ch": chunk,
     }
     if with_code:
         msg["fc"] = blob.code
-    return pack_with(msg, "a", [[list(args), kwargs] for args, kwargs in calls])
+    return msg
+
+
+def encode_call_parts(blob: FunctionBlob, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+                      with_code: bool, chunk: bool) -> list[Part]:
+    """The body of a call, in parts: one ``(args, kwargs)`` or, with ``chunk``, several."""
+    return pack_parts(_call_msg(blob, with_code, chunk), "a",
+                      [[list(args), kwargs] for args, kwargs in calls])
+
+
+def encode_call(blob: FunctionBlob, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+                with_code: bool, chunk: bool) -> bytes:
+    """The body of a call: one ``(args, kwargs)`` or, with ``chunk``, several of them."""
+    parts = encode_call_parts(blob, calls, with_code, chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)  # type: ignore[return-value]
+
+
+def encode_map_chunk(blob: FunctionBlob, columns: list[list[Any]], with_code: bool) -> list[Part]:
+    """The body of a map chunk, in parts: call ``i`` is ``fn(columns[0][i], columns[1][i], ...)``
+    (no keyword arguments). One msgpack list per argument position, built without a
+    per-item list or dict."""
+    return pack_parts(_call_msg(blob, with_code, True), "c", columns)
 
 
 def decode_call(body: bytes | memoryview) -> dict[str, Any]:
-    msg = _unpack(body)
+    msg = _unpack_body(body)
     if not isinstance(msg, dict) or msg.get("v") != FORMAT_VERSION:
         raise VersionMismatch(f"unknown pyexec format {msg.get('v') if isinstance(msg, dict) else '?'}; "
                               f"this worker speaks format {FORMAT_VERSION}: upgrade gearnb on both sides")
@@ -121,7 +205,19 @@ def decode_call(body: bytes | memoryview) -> dict[str, Any]:
 
 
 def call_arguments(msg: dict[str, Any]) -> list[tuple[list[Any], dict[str, Any]]]:
+    if "c" in msg:
+        return [(list(args), {}) for args in zip(*load_value(msg, "c"))]
     return [(args, kwargs) for args, kwargs in load_value(msg, "a")]
+
+
+def call_columns(msg: dict[str, Any]) -> list[list[Any]] | None:
+    """The argument columns of a map chunk (see :func:`encode_map_chunk`), else None."""
+    if "c" not in msg:
+        return None
+    columns = load_value(msg, "c")
+    if not isinstance(columns, list) or not columns or len({len(c) for c in columns}) != 1:
+        raise ValueError("a map chunk with malformed argument columns")
+    return columns
 
 
 # -- results -------------------------------------------------------------------------------
@@ -149,11 +245,16 @@ def rebuild_error(record: dict[str, Any]) -> BaseException:
     return exc
 
 
-def encode_result(values: list[Any], errors: dict[int, dict[str, Any]]) -> bytes:
+def encode_result_parts(values: list[Any], errors: dict[int, dict[str, Any]]) -> list[Part]:
     msg: dict[str, Any] = {"v": FORMAT_VERSION}
     if errors:
         msg["e"] = errors
-    return pack_with(msg, "r", values)
+    return pack_parts(msg, "r", values)
+
+
+def encode_result(values: list[Any], errors: dict[int, dict[str, Any]]) -> bytes:
+    parts = encode_result_parts(values, errors)
+    return parts[0] if len(parts) == 1 else b"".join(parts)  # type: ignore[return-value]
 
 
 def encode_need_code() -> bytes:
@@ -166,7 +267,7 @@ def encode_failure(exc: BaseException) -> bytes:
 
 
 def decode_result(body: bytes | memoryview) -> dict[str, Any]:
-    msg = _unpack(body)
+    msg = _unpack_body(body)
     if not isinstance(msg, dict):
         raise ValueError("not a pyexec result")
     if "r" in msg:

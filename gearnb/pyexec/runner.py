@@ -82,7 +82,8 @@ class PyexecRunner:
             fn = self._function(msg)
             if fn is None:
                 return self.signer.sign(name, envelope.encode_need_code())
-            calls = envelope.call_arguments(msg)
+            columns = envelope.call_columns(msg)
+            calls = envelope.call_arguments(msg) if columns is None else columns
         except Exception as exc:  # noqa: BLE001 - reported to the caller
             if isinstance(exc, ModuleNotFoundError):
                 exc = ModuleNotFoundError(
@@ -90,11 +91,11 @@ class PyexecRunner:
                     f"where the workers run, or call cloudpickle.register_pickle_by_value(module) before "
                     f"submitting to send its code along", name=exc.name)
             raise WorkException(self.signer.sign(name, envelope.encode_failure(exc))) from None
-        result = self._run(job, fn, calls)
+        result = self._run(job, fn, calls, columns is not None)
         if not msg.get("ch") and 0 in result[1]:
             # A single call that raised: WORK_EXCEPTION, so Gearman tools see a failure.
-            raise WorkException(self.signer.sign(name, result[2]))
-        return self.signer.sign(name, result[2])
+            raise WorkException(self.signer.sign_parts(name, result[2]))
+        return self.signer.sign_parts(name, result[2])
 
     def _function(self, msg: dict[str, Any]) -> Any:
         digest = msg["fd"]
@@ -111,7 +112,9 @@ class PyexecRunner:
             self.functions.popitem(last=False)
         return fn
 
-    def _run(self, job: Job, fn: Any, calls: list[tuple[list[Any], dict[str, Any]]]) -> tuple[list[Any], dict[int, Any], bytes]:
+    def _run(self, job: Job, fn: Any, calls: Any, columns: bool = False) -> tuple[list[Any], dict[int, Any], list[Any]]:
+        """Call ``fn`` on each of ``calls`` (``(args, kwargs)`` pairs, or with ``columns`` the
+        argument columns of a map chunk); returns values, error records and the result body."""
         global _current
         values: list[Any] = []
         errors: dict[int, dict[str, Any]] = {}
@@ -121,20 +124,36 @@ class PyexecRunner:
         sys.stdout, sys.stderr = out, err
         _current = job
         try:
-            for index, (args, kwargs) in enumerate(calls):
-                try:
-                    values.append(fn(*args, **kwargs))
-                except Exception as exc:  # noqa: BLE001 - goes back to the caller
-                    values.append(None)
-                    errors[index] = envelope.error_record(exc)
+            if not columns:
+                for index, (args, kwargs) in enumerate(calls):
+                    try:
+                        values.append(fn(*args, **kwargs))
+                    except Exception as exc:  # noqa: BLE001 - goes back to the caller
+                        values.append(None)
+                        errors[index] = envelope.error_record(exc)
+            elif len(calls) == 1:  # map(fn, items): the common case, one argument per call
+                append = values.append
+                for index, item in enumerate(calls[0]):
+                    try:
+                        append(fn(item))
+                    except Exception as exc:  # noqa: BLE001 - goes back to the caller
+                        append(None)
+                        errors[index] = envelope.error_record(exc)
+            else:
+                for index, args in enumerate(zip(*calls)):
+                    try:
+                        values.append(fn(*args))
+                    except Exception as exc:  # noqa: BLE001 - goes back to the caller
+                        values.append(None)
+                        errors[index] = envelope.error_record(exc)
         finally:
             _current = None
             sys.stdout, sys.stderr = saved
             out.flush()
             err.flush()
         try:
-            body = envelope.encode_result(values, errors)
+            body = envelope.encode_result_parts(values, errors)
         except Exception as exc:  # noqa: BLE001 - a result that does not serialise
             errors = {i: envelope.error_record(exc) for i in range(len(values))}
-            body = envelope.encode_result([None] * len(values), errors)
+            body = envelope.encode_result_parts([None] * len(values), errors)
         return values, errors, body

@@ -11,8 +11,6 @@ import os
 from typing import TYPE_CHECKING, Callable
 from urllib.parse import quote_plus
 
-from .jobs import QUEUED, SCHEDULED
-
 if TYPE_CHECKING:
     from .connections import Connection
     from .core import JobServer
@@ -81,9 +79,11 @@ class AdminCommands:
         return b"".join(lines) + b".\n"
 
     def prioritystatus(self, conn: Connection, words: list[str]) -> bytes:
+        # gearmand keeps epoch jobs that are not due in the normal queue, so they count there
+        # (and HIGH + NORMAL + LOW + running stays equal to status's TOTAL).
         lines = [
             b"%s\t%d\t%d\t%d\t%d\n"
-            % (f.name, len(f.queues[0]), len(f.queues[1]), len(f.queues[2]), len(f.workers))
+            % (f.name, len(f.queues[0]), len(f.queues[1]) + f.scheduled, len(f.queues[2]), len(f.workers))
             for f in self.server.functions.values()
         ]
         return b"".join(lines) + b".\n"
@@ -134,8 +134,11 @@ class AdminCommands:
             return unknown("show")
         what = [w.lower() for w in words[1:]]
         if what == ["jobs"]:
+            # gearmand's JOB_QUEUED column is its job_queued flag: "handed to the (persistent)
+            # queue", which every background job is, running or not; foreground jobs never are.
+            # IGNORE_JOB is always 0: we drop a job its clients left instead of keeping it.
             lines = [
-                b"%s\t%d\t0\t%d\n" % (job.handle, job.retries, 1 if job.state in (QUEUED, SCHEDULED) else 0)
+                b"%s\t%d\t0\t%d\n" % (job.handle, job.retries, 1 if job.background else 0)
                 for job in self.server.jobs.values()
             ]
             return b"".join(lines) + b".\n"

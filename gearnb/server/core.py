@@ -17,7 +17,7 @@ from ..protocol import DEFAULT_MAX_PACKET_SIZE, HIGH, NORMAL, SUBMIT_TYPES, Pack
 from ..protocol.packets import MAX_UNIQUE_SIZE
 from .admin import AdminCommands
 from .functions import Function
-from .jobs import DONE, QUEUED, RUNNING, SCHEDULED, HandleFactory, Job
+from .jobs import DONE, QUEUED, RUNNING, SCHEDULED, HandleFactory, Job, coalescing_key
 
 if TYPE_CHECKING:
     from .connections import Connection
@@ -89,6 +89,7 @@ class JobServer:
 
     def connection_lost(self, conn: Connection) -> None:
         self.connections.pop(conn, None)
+        woken_for = conn.woken_for
         self._go_awake(conn)
         for job in list(conn.worker_jobs):
             # The worker died mid-job: run it elsewhere (gearmand requeues too).
@@ -96,6 +97,10 @@ class JobServer:
         conn.worker_jobs.clear()
         for function in list(conn.abilities):
             self._drop_worker(conn, function)
+        if woken_for is not None:
+            # It died between our NOOP and its GRAB_JOB: the job it was woken for needs
+            # another sleeper (gearmand wakes them all, so it never has this problem).
+            self._wake(woken_for)
         for job in list(conn.client_jobs):
             self._detach_client(job, conn)
         conn.client_jobs.clear()
@@ -149,7 +154,7 @@ class JobServer:
         if not name:
             raise ProtocolError("empty function name")
         function = self.function(name)
-        key = data if unique == b"-" else unique
+        key = coalescing_key(unique, data)
         job = function.by_unique.get(key) if key else None
         if job is not None:
             # Coalesce: same (function, unique) gets the same handle; a foreground submitter
@@ -222,7 +227,9 @@ class JobServer:
         except ValueError:
             raise ProtocolError("CAN_DO_TIMEOUT: the timeout is not a number") from None
         if timeout > 0:
-            conn.timeouts[function.name] = timeout  # milliseconds, as gearmand >= 1.1.19
+            # Milliseconds, as gearmand >= 1.1.19, which also raises anything below 1 s to 1 s
+            # (0 or negative: no timeout).
+            conn.timeouts[function.name] = max(timeout, 1000)
         self._add_ability(conn, function)
 
     def _add_ability(self, conn: Connection, function: Function) -> None:

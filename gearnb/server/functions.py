@@ -35,7 +35,7 @@ class Function:
         self.workers: dict[Connection, None] = {}   # connections that sent CAN_DO (ordered set)
         self.sleepers: dict[Connection, None] = {}  # of those, asleep and not yet woken
         self.waking = 0      # NOOPs sent whose worker has not come back to grab yet
-        self.by_unique: dict[bytes, Job] = {}
+        self.by_unique: dict[bytes | tuple[bytes, bytes], Job] = {}  # Job.key -> job
         # Per priority of the job submitted; 0 means unlimited (gearmand's default).
         self.max_queue = [0, 0, 0]
 

@@ -17,6 +17,17 @@ SCHEDULED = 2  # an epoch job whose time has not come
 DONE = 3       # ended (completed, failed, cancelled or dropped)
 
 
+def coalescing_key(unique: bytes, data: bytes) -> bytes | tuple[bytes, bytes]:
+    """What a job coalesces on within its function; empty means it does not.
+
+    Unique "-" means "the payload is the key" (gearmand, Perl). Such keys are kept apart from a
+    real unique equal to the payload, as in gearmand; an empty payload does not coalesce.
+    """
+    if unique == b"-":
+        return (unique, data) if data else b""
+    return unique
+
+
 class Job:
     """One job. Foreground jobs have ``clients`` (connections waiting for the result)."""
 
@@ -40,8 +51,7 @@ class Job:
         self.handle = handle
         self.function = function
         self.unique = unique  # as sent: workers and `show unique jobs` see "-" as "-"
-        # What coalesces on: unique "-" means "the payload is the key" (gearmand, Perl).
-        self.key = data if unique == b"-" else unique
+        self.key = coalescing_key(unique, data)
         self.data = data
         self.priority = priority
         self.background = background
