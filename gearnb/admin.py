@@ -96,14 +96,15 @@ class Admin:
     def status(self) -> list[FunctionStatus]:
         out = []
         for line in self.list_command("status"):
-            name, total, running, workers = line.split("\t")
+            # From the right: function names may hold tabs (Perl/Ruby "prefix\tname").
+            name, total, running, workers = line.rsplit("\t", 3)
             out.append(FunctionStatus(name, int(total), int(running), int(workers)))
         return out
 
     def priority_status(self) -> list[PriorityStatus]:
         out = []
         for line in self.list_command("prioritystatus"):
-            name, high, normal, low, workers = line.split("\t")
+            name, high, normal, low, workers = line.rsplit("\t", 4)
             out.append(PriorityStatus(name, int(high), int(normal), int(low), int(workers)))
         return out
 
@@ -112,7 +113,7 @@ class Admin:
         for line in self.list_command("workers"):
             left, _, right = line.partition(" :")
             fd, ip, client_id = left.split(" ", 2)
-            out.append(WorkerInfo(int(fd), ip, client_id, right.split()))
+            out.append(WorkerInfo(int(fd), ip, client_id, right.split(" ")[1:] if right else []))
         return out
 
     def show_jobs(self) -> list[JobInfo]:
