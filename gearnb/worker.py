@@ -110,6 +110,10 @@ class _ServerConn:
         self.sock: socket.socket | None = None
         self.decoder = Decoder(RES, max_packet_size=max_packet_size)
         self.packets: list[Packet] = []
+        # recv_into this one buffer: a fresh recv(RECV_SIZE) allocates 256 KiB for every
+        # reply, which glibc may serve with mmap + mremap + munmap and two page faults
+        # (measured: 28 us of system time per job).
+        self._recv_buffer = memoryview(bytearray(RECV_SIZE))
         self.failures = 0
         self.retry_at = 0.0
         self.sleeping = False
@@ -165,12 +169,12 @@ class _ServerConn:
         """One recv; decoded packets are appended to ``self.packets``. Raises on EOF / bad data."""
         assert self.sock is not None
         try:
-            data = self.sock.recv(RECV_SIZE)
+            size = self.sock.recv_into(self._recv_buffer)
         except BlockingIOError:  # SO_RCVTIMEO expired (see _set_reply_timeout)
             raise TimeoutError("timed out") from None
-        if not data:
+        if not size:
             raise ConnectionError("closed by the job server")
-        self.packets.extend(self.decoder.feed(data))  # type: ignore[arg-type]
+        self.packets.extend(self.decoder.feed(self._recv_buffer[:size]))  # type: ignore[arg-type]
 
     def next_reply(self) -> Packet:
         """The next packet that is not a NOOP (stray NOOPs are ignored, as in Perl/Ruby)."""

@@ -164,7 +164,7 @@ def test_keys(tmp_path, monkeypatch):
     monkeypatch.delenv("GEARNB_KEY")
     assert load_key() is None
     with pytest.raises(ValueError, match="GEARNB_KEY"):
-        gearnb.Executor("127.0.0.1:1")
+        gearnb.Executor("127.0.0.1:1").submit(abs, 1)
 
 
 def test_refusals_through_a_real_server_and_worker_processes(tmp_path):

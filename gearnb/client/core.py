@@ -82,6 +82,7 @@ class ClientCore:
     async def _connect(self, state: ServerState) -> ClientConnection:
         loop = asyncio.get_running_loop()
         host, port = split_address(state.address)
+        conn: ClientConnection | None = None
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
@@ -95,6 +96,8 @@ class ClientCore:
             except ServerError as exc:
                 log.info("%s does not support the exceptions option: %s", state.address, exc)
         except (OSError, asyncio.TimeoutError) as exc:
+            if conn is not None:  # connected, but no answer to OPTION_REQ: don't leak it
+                conn.abort()
             state.failures += 1
             delay = min(BACKOFF_FIRST * 2 ** (state.failures - 1), BACKOFF_MAX)
             state.retry_at = time.monotonic() + delay
@@ -102,6 +105,10 @@ class ClientCore:
             raise ConnectionError(f"cannot reach job server {state.address}: {exc}") from exc
         finally:
             state.connecting = None
+        assert conn is not None
+        if self.closed:  # close() ran while we were connecting: don't leave a socket open
+            conn.abort()
+            raise ConnectionError("the client is closed")
         state.conn = conn
         state.failures = 0
         return conn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import logging
 import sys
 import threading
@@ -42,9 +43,8 @@ class Executor(concurrent.futures.Executor):
     def __init__(self, servers: ServerSpec = None, key: bytes | str | None = None, *,
                  key_file: str | None = None, function: str = PYEXEC, show_output: bool = True) -> None:
         resolved = load_key(key, key_file)
-        if not resolved:
-            raise ValueError(NO_KEY_HELP)
-        self.signer = Signer(resolved)
+        # Without a key, plain Gearman calls (call()) still work; Python callables need one.
+        self._signer = Signer(resolved) if resolved else None
         self.client = Client(servers)
         self.servers = self.client.servers
         self.function = function.encode()
@@ -55,6 +55,12 @@ class Executor(concurrent.futures.Executor):
         self._futures: set[GearnbFuture] = set()
         self._lock = threading.Lock()
         self._workers_cache: tuple[float, int] = (0.0, 0)
+
+    @property
+    def signer(self) -> Signer:
+        if self._signer is None:
+            raise ValueError(NO_KEY_HELP)
+        return self._signer
 
     # -- concurrent.futures.Executor --------------------------------------------------------
     def submit(self, fn: Callable[..., Any], /, *args: Any, retries: int = 0, priority: str = "normal",
@@ -178,12 +184,18 @@ class Executor(concurrent.futures.Executor):
         errors = {int(i): envelope.rebuild_error(r) for i, r in msg.get("e", {}).items()}
         return msg["values"], errors
 
-    def _attach_output(self, task: Task, label: str, index: int | None, progress: Any) -> None:
-        """Worker print() (WORK_DATA) and stderr (WORK_WARNING) appear here, marked with the task."""
+    def _attach_output(self, task: Task, label: str, index: int | None, progress: Any,
+                       context: contextvars.Context | None = None) -> None:
+        """Worker print() (WORK_DATA) and stderr (WORK_WARNING) appear here, marked with the task.
+
+        They are printed on the I/O thread but in the calling thread's context: ipykernel
+        uses a context variable to decide which cell output belongs to.
+        """
         if self.show_output:
             tag = f"[{label}{'' if index is None else f' #{index}'}] "
-            task.on_data(lambda data: _print_marked(sys.stdout, tag, data))
-            task.on_warning(lambda data: _print_marked(sys.stderr, tag, data))
+            ctx = context if context is not None else contextvars.copy_context()
+            task.on_data(lambda data: ctx.run(_print_marked, "stdout", tag, data))
+            task.on_warning(lambda data: ctx.run(_print_marked, "stderr", tag, data))
         if progress is not None:
             task.on_status(lambda n, d, t=task: progress.status(t, n, d))
 
@@ -235,7 +247,8 @@ class Executor(concurrent.futures.Executor):
         return executor_html(self)
 
 
-def _print_marked(stream: Any, tag: str, data: bytes) -> None:
+def _print_marked(stream_name: str, tag: str, data: bytes) -> None:
+    stream = getattr(sys, stream_name)
     text = data.decode(errors="replace")
     lines = text.splitlines(keepends=True)
     stream.write("".join(tag + line for line in lines))

@@ -7,6 +7,7 @@ and a million-item map does not build a million jobs up front.
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import math
 import queue
@@ -30,6 +31,7 @@ CHUNKS_PER_WORKER = 4
 # ...but no chunk above this many items, so progress stays visible and retries cheap.
 MAX_AUTO_CHUNK = 20_000
 UNSIZED_AUTO_CHUNK = 256  # an input without len(): chunks of this size
+SMALL_CODE = 8 * 1024  # bytes of pickled function that always travel with every chunk
 PROGRESS_POLL = 0.1  # seconds between progress redraws while waiting (10 per second at most)
 # A job server whose queue is full (gearmand's maxqueue) answers QUEUE_ERROR: wait, then send
 # the refused chunks again with fewer in flight. 50 ms doubling to 1 s.
@@ -53,6 +55,14 @@ class Chunk:
 
 # A settled piece of a map: (first index, values of consecutive indices, {offset: exception}).
 Run = tuple[int, list[Any], dict[int, BaseException]]
+
+
+def _noted(exc: BaseException, index: int) -> BaseException:
+    """Say which item of the map failed (a note under the traceback, Python >= 3.11)."""
+    if hasattr(exc, "add_note") and not getattr(exc, "_gearnb_noted", False):
+        exc.add_note(f"(raised by item #{index} of the map)")
+        exc._gearnb_noted = True  # type: ignore[attr-defined]
+    return exc
 
 
 def _runs(indices: Sequence[int], values: list[Any], errors: dict[int, BaseException],
@@ -138,7 +148,11 @@ class MapRun:
         self._tick = getattr(self.progress, "tick", None)
         self.events: queue.SimpleQueue[Chunk] = queue.SimpleQueue()
         self.in_flight: dict[int, Chunk] = {}  # id(chunk) -> chunk
-        self.code_sent = False
+        # The function's code goes with the first chunks, enough for each worker to see it once
+        # (a worker without it answers "need code" and the chunk makes a second trip); small
+        # code always goes along, which costs less than that trip.
+        self.code_sends_left = (1 << 62) if len(self.blob.code) <= SMALL_CODE else 2 * executor.worker_count()
+        self.context = contextvars.copy_context()  # worker output goes to the calling cell
         self.closed = False
         self.failed = 0
         self.done = 0
@@ -160,14 +174,14 @@ class MapRun:
         return Chunk(range(start, self.produced), columns)
 
     def _task(self, chunk: Chunk) -> Task:
-        with_code = chunk.with_code or not self.code_sent
-        self.code_sent = True
+        with_code = chunk.with_code or self.code_sends_left > 0
+        self.code_sends_left -= 1
         parts = envelope.encode_map_chunk(self.blob, chunk.columns, with_code=with_code)
         task = Task(self.executor.function, self.executor.signer.sign_parts(self.executor.function, parts),
                     priority=self.priority)
         events = self.events
         task._done_hooks.append(lambda t, c=chunk: events.put(c))
-        self.executor._attach_output(task, self.label, chunk.indices[0], self.progress)
+        self.executor._attach_output(task, self.label, chunk.indices[0], self.progress, self.context)
         chunk.task = task
         return task
 
@@ -206,7 +220,7 @@ class MapRun:
                     continue
                 for offset, value in enumerate(values):
                     if offset in errors:
-                        raise errors[offset]
+                        raise _noted(errors[offset], start + offset)
                     yield start + offset, value
         finally:
             runs.close()
@@ -218,9 +232,10 @@ class MapRun:
         out: list[Any] = []
         runs = self._iter_runs()
         try:
-            for _, values, errors in runs:
+            for start, values, errors in runs:
                 if errors:
-                    raise errors[min(errors)]
+                    first = min(errors)
+                    raise _noted(errors[first], start + first)
                 out.extend(values)
         finally:
             runs.close()
