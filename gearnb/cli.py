@@ -16,8 +16,11 @@ def _server(args: argparse.Namespace) -> int:
     from .server import serve
 
     die_with_parent()
+    from .server.persistence import open_queue
+
     serve(args.host, args.port, max_packet_size=args.max_packet_size, job_retries=args.job_retries,
-          handle_prefix=args.job_handle_prefix, exceptions_default=args.exceptions)
+          handle_prefix=args.job_handle_prefix, exceptions_default=args.exceptions,
+          queue=open_queue(args.queue))
     return 0
 
 
@@ -101,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail a job after its worker died this many times (0: retry forever, as gearmand)")
     p.add_argument("--job-handle-prefix", default=None, help="job handles start with this (default H:<host>)")
     p.add_argument("--exceptions", action="store_true", help="send WORK_EXCEPTION to every client")
+    p.add_argument("--queue", default=None, metavar="sqlite:PATH",
+                   help="keep background jobs in this SQLite file (gearmand's libsqlite3 layout)")
     p.set_defaults(run=_server)
 
     p = sub.add_parser("worker", help="run worker processes serving plain Gearman functions")

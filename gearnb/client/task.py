@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import uuid
 import time
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
@@ -64,6 +65,10 @@ class Task:
         self.data = _as_bytes(data)
         self.priority = priority
         self.background = background
+        if unique is None and background:
+            # As libgearman does: every background job gets a unique, or persistent queues
+            # (keyed on unique and function) keep only one of them (gearmand #80, #87).
+            unique = uuid.uuid4().hex
         self.unique = _as_bytes(unique) if unique is not None else b""
         self.retries = retries
         self.when = when  # epoch seconds: SUBMIT_JOB_EPOCH (a background job that runs then)

@@ -77,12 +77,30 @@ class JobServer:
 
     # -- plumbing -----------------------------------------------------------------------
     def flush(self) -> None:
-        """Write every connection's queued output, one write call each."""
+        """Write every connection's queued output, one write call each.
+
+        The persistent queue commits first: no JOB_CREATED leaves before its job is stored.
+        """
+        if self.queue is not None:
+            self.queue.commit()
         dirty = self.dirty
         if dirty:
             self.dirty = []
             for conn in dirty:
                 conn.flush()
+
+    def restore(self) -> int:
+        """Queue the background jobs kept in the persistent queue (at start-up)."""
+        if self.queue is None:
+            return 0
+        count = 0
+        for stored in list(self.queue.load()):
+            job = self.add_job(None, stored.function, stored.unique, stored.data, stored.priority,
+                               background=True, when=stored.when, stored=stored.unique)
+            count += job is not None
+        if count:
+            log.info("restored %d background jobs from the persistent queue", count)
+        return count
 
     def connection_made(self, conn: Connection) -> None:
         self.connections[conn] = None
@@ -145,6 +163,7 @@ class JobServer:
         when: int = 0,
         reducer: bytes = b"",
         handle: bytes | None = None,
+        stored: bytes | None = None,
     ) -> Job | None:
         """Create (or coalesce onto) a job; answers JOB_CREATED or ERROR to ``conn``."""
         if len(unique) > MAX_UNIQUE_SIZE:
@@ -169,12 +188,12 @@ class JobServer:
                 conn.error(b"QUEUE_ERROR", b"Job queue is full")
             return None
         job = Job(handle or self.new_handle(), function, unique, data, priority, background, when, reducer)
+        job.stored = stored  # restored from the persistent queue: already there
         self.jobs[job.handle] = job
         if key:
             function.by_unique[key] = job
-        if background and self.queue is not None:
-            self.queue.store(job)
-            job.stored = True
+        if background and self.queue is not None and not job.stored:
+            job.stored = self.queue.store(job)
         if conn is not None:
             conn.send_packet(P.JOB_CREATED, job.handle)
             if not background:

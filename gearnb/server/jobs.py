@@ -64,7 +64,7 @@ class Job:
         self.reducer = reducer
         self.state = QUEUED
         self.timer: Any = None  # asyncio.TimerHandle for CAN_DO_TIMEOUT or an epoch job
-        self.stored = False  # kept in the persistent queue
+        self.stored: bytes | None = None  # the unique it is kept under in the persistent queue
 
     def __repr__(self) -> str:
         return f"<Job {self.handle!r} {self.function.name!r} state={self.state}>"

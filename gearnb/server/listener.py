@@ -63,6 +63,7 @@ class Server:
                 "authentication of its own, so anyone who can reach this port can submit and "
                 "take jobs (firewall it, or use --host 127.0.0.1)", self.host or "every address")
         self.core = JobServer(**self.options)
+        self.core.restore()  # background jobs kept in a persistent queue run again
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: Connection(self.core), self.host or None, self.port, reuse_address=True, backlog=1024
@@ -79,6 +80,8 @@ class Server:
                     conn.transport.abort()
             await self._server.wait_closed()
             self._server = None
+        if self.core is not None and self.core.queue is not None:
+            self.core.queue.close()
 
     async def serve_forever(self) -> None:
         await self.start()
