@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .errors import ServerError
 from .servers import parse_servers, split_address
@@ -45,9 +45,10 @@ class Admin:
     [FunctionStatus(function='reverse', total=0, running=0, workers=1)]
     """
 
-    def __init__(self, server: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(self, server: str | None = None, timeout: float = 10.0, *, ssl: Any = None) -> None:
         self.server = parse_servers(server)[0]
         self.timeout = timeout
+        self.ssl = ssl
         self._sock: socket.socket | None = None
         self._buf = b""
 
@@ -56,6 +57,8 @@ class Admin:
             host, port = split_address(self.server)
             sock = socket.create_connection((host, port), timeout=self.timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.ssl is not None:
+                sock = self.ssl.wrap_socket(sock, server_hostname=host)
             self._sock = sock
             self._buf = b""
         return self._sock

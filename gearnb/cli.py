@@ -20,8 +20,16 @@ def _server(args: argparse.Namespace) -> int:
 
     serve(args.host, args.port, max_packet_size=args.max_packet_size, job_retries=args.job_retries,
           handle_prefix=args.job_handle_prefix, exceptions_default=args.exceptions,
-          queue=open_queue(args.queue))
+          queue=open_queue(args.queue), ssl=_server_tls(args))
     return 0
+
+
+def _server_tls(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    if not args.ssl_cert:
+        return None
+    from .tls import server_context
+
+    return server_context(args.ssl_cert, args.ssl_key, args.ssl_ca)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -106,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exceptions", action="store_true", help="send WORK_EXCEPTION to every client")
     p.add_argument("--queue", default=None, metavar="sqlite:PATH",
                    help="keep background jobs in this SQLite file (gearmand's libsqlite3 layout)")
+    p.add_argument("--ssl-cert", default=None, help="serve TLS with this certificate (PEM)")
+    p.add_argument("--ssl-key", default=None, help="its private key (PEM), if not in --ssl-cert")
+    p.add_argument("--ssl-ca", default=None, help="require client certificates signed by this CA")
     p.set_defaults(run=_server)
 
     p = sub.add_parser("worker", help="run worker processes serving plain Gearman functions")

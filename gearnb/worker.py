@@ -175,6 +175,11 @@ class _ServerConn:
         if not size:
             raise ConnectionError("closed by the job server")
         self.packets.extend(self.decoder.feed(self._recv_buffer[:size]))  # type: ignore[arg-type]
+        pending = getattr(self.sock, "pending", None)
+        while pending is not None and pending():
+            # TLS: decrypted bytes wait inside the SSL object, where select() cannot see them.
+            size = self.sock.recv_into(self._recv_buffer)
+            self.packets.extend(self.decoder.feed(self._recv_buffer[:size]))  # type: ignore[arg-type]
 
     def next_reply(self) -> Packet:
         """The next packet that is not a NOOP (stray NOOPs are ignored, as in Perl/Ruby)."""

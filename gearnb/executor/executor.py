@@ -41,11 +41,12 @@ class Executor(concurrent.futures.Executor):
     """
 
     def __init__(self, servers: ServerSpec = None, key: bytes | str | None = None, *,
-                 key_file: str | None = None, function: str = PYEXEC, show_output: bool = True) -> None:
+                 key_file: str | None = None, function: str = PYEXEC, show_output: bool = True,
+                 ssl: Any = None) -> None:
         resolved = load_key(key, key_file)
         # Without a key, plain Gearman calls (call()) still work; Python callables need one.
         self._signer = Signer(resolved) if resolved else None
-        self.client = Client(servers)
+        self.client = Client(servers, ssl=ssl)  # ssl: gearnb.tls.client_context(...)
         self.servers = self.client.servers
         self.function = function.encode()
         self.show_output = show_output

@@ -36,6 +36,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def exposure_warning(host: str) -> str | None:
+    """What to say when the server listens beyond loopback (None when it does not)."""
+    if is_loopback(host):
+        return None
+    return (f"the job server listens on {host or 'every address'}, not only on loopback: the Gearman "
+            "protocol has no authentication of its own, so anyone who can reach this port can submit "
+            "and take jobs. Firewall it, use TLS with client certificates (--ssl-cert/--ssl-key/--ssl-ca), "
+            "or listen on 127.0.0.1")
+
+
 class Server:
     """A gearnb job server bound to ``host:port`` (port 0 picks a free one).
 
@@ -43,9 +53,11 @@ class Server:
     on a thread of its own; ``server.address`` is then ``"host:port"``.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, **options: Any) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, ssl: Any = None,
+                 **options: Any) -> None:
         self.host = host
         self.port = port
+        self.ssl = ssl  # an ssl.SSLContext (gearnb.tls.server_context) for TLS connections
         self.options = options
         self.core: JobServer | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -57,16 +69,15 @@ class Server:
         return f"{self.host}:{self.port}"
 
     async def start(self) -> None:
-        if not is_loopback(self.host):
-            log.warning(
-                "the job server listens on %s, not only on loopback: the Gearman protocol has no "
-                "authentication of its own, so anyone who can reach this port can submit and "
-                "take jobs (firewall it, or use --host 127.0.0.1)", self.host or "every address")
+        warning = exposure_warning(self.host)
+        if warning:
+            log.warning("%s", warning)
         self.core = JobServer(**self.options)
         self.core.restore()  # background jobs kept in a persistent queue run again
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: Connection(self.core), self.host or None, self.port, reuse_address=True, backlog=1024
+            lambda: Connection(self.core), self.host or None, self.port, reuse_address=True, backlog=1024,
+            ssl=self.ssl
         )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
@@ -135,10 +146,10 @@ class Server:
         self.stop_in_thread()
 
 
-def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, **options: Any) -> None:
+def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, ssl: Any = None, **options: Any) -> None:
     """Run a job server in the foreground until SIGTERM or Ctrl-C."""
     loop = new_event_loop()
     try:
-        loop.run_until_complete(Server(host, port, **options).serve_forever())
+        loop.run_until_complete(Server(host, port, ssl=ssl, **options).serve_forever())
     finally:
         loop.close()
