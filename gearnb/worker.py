@@ -132,7 +132,7 @@ class _ServerConn:
             self.failures += 1
             delay = min(BACKOFF_FIRST * 2 ** (self.failures - 1), BACKOFF_MAX)
             self.retry_at = time.monotonic() + delay
-            if self.failures == 1 or self.failures % 10 == 0:
+            if self.failures <= 2 or self.failures % 10 == 0:  # (a drop counts as the first)
                 log.warning("cannot reach job server %s (%s); retrying every few seconds", self.address, exc)
             return False
         if self.failures:
@@ -213,8 +213,10 @@ class Worker:
         self.functions: dict[bytes, tuple[Callable[[Job], Any], int | None]] = {}
         self._conns = [_ServerConn(a, max_packet_size, ssl) for a in self.servers]
         self._stop = threading.Event()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
+        # stop() writes to this pair to wake a sleeping work(); made by work() and closed when
+        # it returns, so Workers that come and go do not leak descriptors.
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
         self._changed = False  # abilities changed while working: re-announce them
         self.jobs_done = 0
 
@@ -252,24 +254,43 @@ class Worker:
     def stop(self) -> None:
         """Ask :meth:`work` to return after the current job (safe from any thread)."""
         self._stop.set()
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
+        wake = self._wake_w
+        if wake is not None:
+            try:
+                wake.send(b"x")
+            except OSError:  # work() has just closed it
+                pass
 
     def work(self, max_jobs: int | None = None) -> None:
-        """Grab and run jobs until :meth:`stop`, SIGTERM, or ``max_jobs`` done."""
+        """Grab and run jobs until :meth:`stop`, SIGTERM, Ctrl-C or ``max_jobs`` done.
+
+        SIGTERM and a first Ctrl-C let the current job finish, then return; a second Ctrl-C
+        interrupts the job (KeyboardInterrupt), and the server gives it to another worker.
+        """
         if not self.functions:
             raise ValueError("register at least one function before calling work()")
         self._stop.clear()
-        previous = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            def on_interrupt(signum: int, frame: Any) -> None:
+                if self._stop.is_set():
+                    raise KeyboardInterrupt
+                log.warning("stopping after the current job (Ctrl-C again to interrupt it)")
+                self.stop()
+
+            previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, on_interrupt)
         try:
             self._loop(max_jobs)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            wake_r, wake_w = self._wake_r, self._wake_w
+            self._wake_r = self._wake_w = None
+            wake_r.close()
+            wake_w.close()
             for conn in self._conns:
                 if conn.sock is not None:
                     conn.sock.close()
@@ -301,7 +322,7 @@ class Worker:
             live = self._ensure_connected()
             did_work = False
             for conn in live:
-                # Keep taking jobs from this server while it has them.
+                # With one server, keep taking jobs while it has them.
                 pending = grab
                 while not self._stop.is_set():
                     try:
@@ -320,14 +341,16 @@ class Worker:
                     self.jobs_done += 1
                     if max_jobs is not None and self.jobs_done >= max_jobs:
                         self._stop.set()
-                    # The result and the next grab leave in one write.
-                    pending = result + (b"" if self._stop.is_set() else grab)
-                    if self._stop.is_set():
+                    if self._stop.is_set() or len(live) > 1:
+                        # Several servers: one job from each in turn, so none is starved
+                        # while another has a long queue.
                         try:
                             conn.send(result)
                         except OSError as exc:
                             conn.drop(str(exc))
                         break
+                    # One server: the result and the next grab leave in one write.
+                    pending = result + grab
             if did_work or self._stop.is_set():
                 continue
             self._sleep(live)
@@ -335,6 +358,7 @@ class Worker:
     def _sleep(self, live: list[_ServerConn]) -> None:
         """PRE_SLEEP everywhere, then wait for a NOOP (or a server to retry, or stop())."""
         selector = selectors.DefaultSelector()
+        assert self._wake_r is not None
         selector.register(self._wake_r, selectors.EVENT_READ, None)
         for conn in live:
             try:
