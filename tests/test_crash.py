@@ -1,0 +1,143 @@
+"""Crash tests with counts: workers, servers and clients killed with SIGKILL under load."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+
+import cloudpickle
+
+import gearnb
+from peers import GearnbProcess, WorkerProcesses, wait_until
+
+KEY = b"K" * 32
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def runs_in(directory) -> Counter:
+    counts: Counter = Counter()
+    for path in directory.iterdir():
+        counts.update(int(x) for x in path.read_text().split())
+    return counts
+
+
+def logged_double(i, d):
+    import os
+
+    with open(os.path.join(d, str(os.getpid())), "a") as f:
+        f.write(f"{i}\n")
+    return 2 * i
+
+
+def test_ten_worker_kills_during_a_10000_task_map(tmp_path):
+    n = 10_000
+    with gearnb.local(workers=2) as ex:
+        result: list = []
+        thread = threading.Thread(
+            target=lambda: result.extend(ex.gmap(logged_double, range(n), [str(tmp_path)] * n, chunksize=1)))
+        started = time.monotonic()
+        thread.start()
+        kills = 0
+        while kills < 10 and thread.is_alive():
+            wait_until(lambda: len(ex.worker_pids()) == 2, timeout=30)
+            time.sleep(0.15)
+            pids = ex.worker_pids()
+            if len(pids) < 2:
+                continue
+            os.kill(pids[kills % 2], signal.SIGKILL)
+            kills += 1
+        thread.join(300)
+        elapsed = time.monotonic() - started
+        runs = runs_in(tmp_path)
+        duplicated = sum(c - 1 for c in runs.values() if c > 1)
+        print(f"\nsubmitted {n}, completed {len(result)}, worker kills {kills}, tasks run twice {duplicated}, "
+              f"{elapsed:.1f} s")
+        assert kills == 10
+        assert result == [2 * i for i in range(n)]  # every result exactly once, in order
+        assert set(runs) == set(range(n))            # every task ran
+        assert duplicated <= kills                   # only a killed worker's task ran again
+
+
+def test_server_killed_mid_map_fails_over(tmp_path):
+    a, b = GearnbProcess().start(), GearnbProcess().start()
+    servers = f"{a.address},{b.address}"
+    try:
+        with WorkerProcesses(servers, processes=2, key=KEY):
+            ex = gearnb.Executor(servers, key=KEY)
+            n = 2_000
+            result: list = []
+
+            def slow_double(i):
+                import time
+
+                time.sleep(0.001)
+                return 2 * i
+
+            thread = threading.Thread(target=lambda: result.extend(ex.gmap(slow_double, range(n), chunksize=1)))
+            thread.start()
+            time.sleep(0.5)
+            a.stop(signal.SIGKILL)
+            thread.join(120)
+            ex.shutdown(wait=False)
+            print(f"\nsubmitted {n}, completed {len(result)} after one of two servers was killed")
+            assert result == [2 * i for i in range(n)]
+    finally:
+        a.stop()
+        b.stop()
+
+
+CLIENT = textwrap.dedent("""
+    import sys, gearnb
+    client = gearnb.Client(sys.argv[1])
+    taskset = gearnb.TaskSet(client)
+    for i in range(int(sys.argv[2])):
+        taskset.add(gearnb.Task("nobody-serves-this", b"%016d" % i))
+    print("submitted", flush=True)
+    taskset.wait()
+""")
+
+
+def test_killed_client_jobs_are_dropped_and_memory_comes_back():
+    server = GearnbProcess().start()
+    try:
+        pid = server.proc.pid
+
+        def queued() -> int:
+            with gearnb.Admin(server.address) as admin:
+                return sum(s.total for s in admin.status())
+
+        def cycle() -> None:
+            client = subprocess.Popen([sys.executable, "-c", CLIENT, server.address, "10000"],
+                                      stdout=subprocess.PIPE, text=True)
+            assert client.stdout.readline().strip() == "submitted"
+            wait_until(lambda: queued() == 10_000, timeout=60)
+            client.kill()
+            client.wait()
+            wait_until(lambda: queued() == 0, timeout=30)
+
+        start = rss_kib(pid)
+        cycle()  # the first cycle grows the allocator's arenas; later ones must reuse them
+        baseline = rss_kib(pid)
+        for _ in range(3):
+            cycle()
+        after = rss_kib(pid)
+        print(f"\nserver RSS: start {start} KiB, after one cycle {baseline} KiB, after three more {after} KiB")
+        with gearnb.Admin(server.address) as admin:
+            assert admin.show_jobs() == []
+        assert after <= baseline + 2048  # no growth across cycles: nothing of the dropped jobs stays
+    finally:
+        server.stop()
