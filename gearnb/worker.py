@@ -207,9 +207,16 @@ class Worker:
     """
 
     def __init__(self, servers: ServerSpec = None, *, client_id: str | None = None,
-                 max_packet_size: int = DEFAULT_MAX_PACKET_SIZE, ssl: Any = None) -> None:
+                 max_packet_size: int = DEFAULT_MAX_PACKET_SIZE, ssl: Any = None,
+                 exception_packets: bool = True) -> None:
         self.servers = parse_servers(servers)
         self.client_id = client_id
+        # A function that raises answers WORK_EXCEPTION (the traceback). gearmand 1.1 turns
+        # that into a WORK_FAIL with a trailing NUL for clients that did not ask for
+        # exceptions, which libgearman clients (the gearman CLI, PHP) never match: they hang.
+        # exception_packets=False answers WORK_WARNING (the traceback) + WORK_FAIL instead,
+        # which every client understands.
+        self.exception_packets = exception_packets
         self.functions: dict[bytes, tuple[Callable[[Job], Any], int | None]] = {}
         self._conns = [_ServerConn(a, max_packet_size, ssl) for a in self.servers]
         self._stop = threading.Event()
@@ -413,8 +420,10 @@ class Worker:
             return request(P.WORK_FAIL, handle)
         except Exception as exc:  # noqa: BLE001 - reported to the client
             log.info("job %s %r raised %s", job.function, handle, type(exc).__name__)
-            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            return request(P.WORK_EXCEPTION, handle, text.encode(errors="replace"))
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).encode(errors="replace")
+            if self.exception_packets:
+                return request(P.WORK_EXCEPTION, handle, text)
+            return request(P.WORK_WARNING, handle, text) + request(P.WORK_FAIL, handle)
 
     def __repr__(self) -> str:
         names = ", ".join(n.decode() for n in self.functions)
