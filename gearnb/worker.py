@@ -276,7 +276,6 @@ class Worker:
         """
         if not self.functions:
             raise ValueError("register at least one function before calling work()")
-        self._stop.clear()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         previous: dict[int, Any] = {}
@@ -292,6 +291,8 @@ class Worker:
         try:
             self._loop(max_jobs)
         finally:
+            # Cleared here, not on entry: a stop() that came before work() started still counts.
+            self._stop.clear()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             wake_r, wake_w = self._wake_r, self._wake_w
