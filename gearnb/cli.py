@@ -36,7 +36,8 @@ def _worker(args: argparse.Namespace) -> int:
     from .launcher import run_workers
 
     return run_workers(args.servers, args.processes, imports=args.imports, client_id=args.client_id,
-                       key_file=args.key_file)
+                       key_file=args.key_file, job_timeout=args.job_timeout,
+                       exception_packets=args.exception_packets)
 
 
 def _local(args: argparse.Namespace) -> int:
@@ -126,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="module whose register(worker) function (or GEARMAN_FUNCTIONS dict) adds functions")
     p.add_argument("--client-id", default=None)
     p.add_argument("--key-file", default=None, help="cluster key for pyexec (default: GEARNB_KEY)")
+    p.add_argument("--job-timeout", type=float, default=None, metavar="SECONDS",
+                   help="pyexec's CAN_DO_TIMEOUT: the server gives a job to another worker after this long "
+                        "(longer than your longest task; reliable with gearnb's server, not gearmand 1.1.20's)")
+    p.add_argument("--no-exception-packets", dest="exception_packets", action="store_false",
+                   help="answer a raising function with WORK_WARNING + WORK_FAIL instead of WORK_EXCEPTION "
+                        "(for libgearman clients such as PHP's behind gearmand)")
     p.set_defaults(run=_worker)
 
     p = sub.add_parser("local", help="a bundled job server and workers in the foreground, for notebooks to connect to")

@@ -43,16 +43,19 @@ def load_functions(worker: Worker, modules: Sequence[str]) -> None:
 
 
 def run_one(servers: str | None, modules: Sequence[str], client_id: str | None,
-            key_file: str | None = None) -> int:
+            key_file: str | None = None, job_timeout: float | None = None,
+            exception_packets: bool = True) -> int:
     """One worker in this process: pyexec (when a cluster key is set) plus imported functions."""
     from .cluster import die_with_parent
     from .pyexec import PYEXEC, PyexecRunner, load_key
 
     die_with_parent()
-    worker = Worker(servers, client_id=client_id)
+    worker = Worker(servers, client_id=client_id, exception_packets=exception_packets)
     key = load_key(None, key_file)
     if key:
-        worker.register(PYEXEC, PyexecRunner(key))
+        # job_timeout: CAN_DO_TIMEOUT, so a server takes a job back from a worker that went
+        # silent (a cut link). Works with gearnb's server; gearmand 1.1.20's is unreliable.
+        worker.register(PYEXEC, PyexecRunner(key), timeout=job_timeout)
     load_functions(worker, modules)
     if not key:
         log.warning("no cluster key (GEARNB_KEY / --key-file): serving only %s, not pyexec",
@@ -62,14 +65,15 @@ def run_one(servers: str | None, modules: Sequence[str], client_id: str | None,
 
 
 def run_workers(servers: str | None, processes: int, imports: Sequence[str] = (),
-                client_id: str | None = None, key_file: str | None = None) -> int:
+                client_id: str | None = None, key_file: str | None = None,
+                job_timeout: float | None = None, exception_packets: bool = True) -> int:
     """Run ``processes`` worker processes in the foreground and look after them."""
     from .pyexec import load_key
 
     if not imports and not load_key(None, key_file):
         raise SystemExit(NOTHING_TO_SERVE)
     if os.environ.get("GEARNB_WORKER_CHILD") == "1":
-        return run_one(servers, imports, client_id, key_file)
+        return run_one(servers, imports, client_id, key_file, job_timeout, exception_packets)
     spec = ",".join(parse_servers(servers))
     cmd = [sys.executable, "-m", "gearnb", "worker", "--servers", spec]
     for module in imports:
@@ -78,6 +82,10 @@ def run_workers(servers: str | None, processes: int, imports: Sequence[str] = ()
         cmd += ["--client-id", client_id]
     if key_file:
         cmd += ["--key-file", key_file]
+    if job_timeout:
+        cmd += ["--job-timeout", str(job_timeout)]
+    if not exception_packets:
+        cmd += ["--no-exception-packets"]
     env = dict(os.environ, GEARNB_WORKER_CHILD="1")
     # Imported modules may live in the current directory, as with "python -m".
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from .errors import JobFailed, WorkException
 from .protocol import RES, Decoder, PacketType, ProtocolError, request
 from .protocol.packets import DEFAULT_MAX_PACKET_SIZE, Packet
+from .sockets import tune
 from .servers import ServerSpec, parse_servers, split_address
 
 log = logging.getLogger("gearnb.worker")
@@ -31,6 +32,7 @@ BACKOFF_FIRST = 0.1  # reconnect back-off, doubling up to BACKOFF_MAX (seconds)
 BACKOFF_MAX = 5.0
 # A server that does not answer a GRAB_JOB within this time is taken for dead.
 REPLY_TIMEOUT = 60.0
+SLEEP_POLL = 30.0  # seconds a sleeping worker waits for NOOP before asking for work anyway
 RECV_SIZE = 256 * 1024
 
 # Plain ints for the per-job path: reading a PacketType member (P.X) costs ~0.2 us, as the enum
@@ -125,7 +127,7 @@ class _ServerConn:
             sock = socket.create_connection((host, port), timeout=5)
             if self.ssl_context is not None:
                 sock = self.ssl_context.wrap_socket(sock, server_hostname=host)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tune(sock)  # TCP_NODELAY and keepalive (gearnb/sockets.py)
             _set_reply_timeout(sock)
             sock.sendall(hello)
         except OSError as exc:
@@ -377,7 +379,9 @@ class Worker:
             assert conn.sock is not None
             selector.register(conn.sock, selectors.EVENT_READ, conn)
         missing = [c.retry_at for c in self._conns if c.sock is None]
-        timeout = max(min(missing) - time.monotonic(), 0.01) if missing else None
+        # Never sleep unbounded: a job requeued without a wake-up (a server that missed a
+        # NOOP, gearmand's CAN_DO_TIMEOUT) is picked up at the next poll anyway.
+        timeout = max(min(missing) - time.monotonic(), 0.01) if missing else SLEEP_POLL
         try:
             for key, _ in selector.select(timeout):
                 conn = key.data

@@ -12,6 +12,7 @@ import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ..sockets import tune
 from ..errors import ServerError
 from ..protocol import PRIORITY_NAMES, RES, SUBMIT_TYPE_FOR, Decoder, PacketType, ProtocolError, request
 from ..protocol.packets import DEFAULT_MAX_PACKET_SIZE, Packet
@@ -25,8 +26,7 @@ P = PacketType
 
 
 def set_nodelay(sock: socket.socket | None) -> None:
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    tune(sock)  # TCP_NODELAY and keepalive (gearnb/sockets.py)
 
 
 def submit_packet(task: Task) -> bytes:
@@ -137,8 +137,11 @@ class ClientConnection(asyncio.Protocol):
                 return  # a job we no longer track (retried elsewhere, or coalesced and done)
             if ptype in _FINAL_TYPES:
                 del self.jobs[handle]
-            for task in list(tasks):
-                _deliver(task, ptype, args, self)
+            if len(tasks) == 1:
+                _deliver(tasks[0], ptype, args, self)
+            else:
+                for task in list(tasks):  # a copy: delivering may resubmit and change the list
+                    _deliver(task, ptype, args, self)
             return
         if ptype == _JOB_CREATED:
             task = self._pop_any()

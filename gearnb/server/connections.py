@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from typing import TYPE_CHECKING
 
+from ..sockets import tune
 from ..protocol import REQ, Decoder, ProtocolError, response
 from ..protocol.packets import AdminLine, PacketType
 
@@ -57,8 +57,7 @@ class Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self.fd = sock.fileno()
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tune(sock)  # TCP_NODELAY, and keepalive so a vanished worker's job is requeued
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = peer[0] if isinstance(peer, tuple) else str(peer)
