@@ -77,11 +77,14 @@ class ProgressTracker:
             # Gearman does not tell a client when a job starts, so "running" is what the
             # workers can hold; tasks that reported status are certainly running.
             running = min(self.in_flight, max(self.workers, len(self.task_status)))
+            if finished:  # the map has stopped: whatever it left is not running any more
+                running = 0
             remaining = (self.total - self.done) if self.total is not None else None
             eta = remaining / rate if remaining is not None and rate > 0 else None
             tasks = sorted(self.task_status.values())[:MAX_TASK_BARS]
             return Snapshot(label=self.label, total=self.total, done=self.done, failed=self.failed,
-                            in_flight=self.in_flight, running=running, queued=self.in_flight - running,
+                            in_flight=self.in_flight, running=running,
+                            queued=0 if finished else self.in_flight - running,
                             rate=rate, eta=eta, elapsed=elapsed, tasks=tasks, finished=finished)
 
     def tick(self, force: bool = False) -> None:
