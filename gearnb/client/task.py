@@ -61,8 +61,8 @@ class Task:
     ) -> None:
         if priority not in PRIORITY_NAMES:
             raise ValueError(f"priority must be 'high', 'normal' or 'low', not {priority!r}")
-        self.function = _as_bytes(function)
-        self.data = _as_bytes(data)
+        self.function = function if type(function) is bytes else _as_bytes(function)
+        self.data = data if type(data) is bytes else _as_bytes(data)
         self.priority = priority
         self.background = background
         if unique is None and background:

@@ -1,0 +1,523 @@
+#!/usr/bin/env python3
+"""Jobs per second and one-at-a-time latency: gearmand against the gearnb job server.
+
+    python bench/jobs_per_second.py [--jobs 20000] [--workers 2] [--latency-jobs 2000]
+
+For each job server (gearmand, then ``python -m gearnb server``), started here on a free
+127.0.0.1 port, the script starts ``--workers`` worker processes (``gearnb.Worker`` serving
+``bench_double``: x -> 2x, payloads are small ASCII integers) and measures, on the same
+server and workers:
+
+* throughput with three clients, each keeping many jobs in flight on one connection:
+  ``raw``      a pipelining client written with ``gearnb.protocol`` over a plain
+               blocking socket (no gearnb Client code: measures the server and workers);
+  ``TaskSet``  ``gearnb.Client`` + ``TaskSet``: every job added, then ``wait()``;
+  ``AsyncClient`` ``gearnb.AsyncClient`` on a uvloop loop in this process;
+* latency of one job at a time (``Client.do`` in a loop, and the raw socket doing the same).
+
+Every result is checked (2x). Every step has a time limit, the whole run has ``--deadline``,
+and every process started here is stopped on exit, error or Ctrl-C (children also get
+SIGKILL from the kernel if this process dies: PR_SET_PDEATHSIG). See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+
+import gearnb  # noqa: E402
+from gearnb.protocol import RES, Decoder, PacketType, request  # noqa: E402
+
+P = PacketType
+FUNCTION = "bench_double"
+FUNCTION_B = FUNCTION.encode()
+GEARMAND = shutil.which("gearmand") or "/usr/sbin/gearmand"
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+# -- child processes -------------------------------------------------------------------------
+_children: list[subprocess.Popen] = []
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - best effort (not Linux)
+        pass
+
+
+def spawn(argv: list[str], log: Path) -> subprocess.Popen:
+    env = dict(os.environ)  # children import gearnb from this checkout too
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE.parent), env.get("PYTHONPATH")]))
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=_die_with_parent, close_fds=True, env=env)
+    _children.append(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen, grace: float = 3.0) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(grace)
+    if proc in _children:
+        _children.remove(proc)
+
+
+def stop_all() -> None:
+    for proc in list(reversed(_children)):  # workers before their server
+        stop(proc)
+
+
+atexit.register(stop_all)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"{what}: the process exited with status {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what}: not ready within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def answers_echo(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=1) as sock:
+        sock.sendall(request(P.ECHO_REQ, b"ping"))
+        decoder = Decoder(RES)
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                return False
+            for packet in decoder.feed(data):
+                return packet.type == P.ECHO_RES and packet.args[0] == b"ping"
+
+
+def workers_registered(address: str) -> int:
+    with gearnb.Admin(address, timeout=2) as admin:
+        for status in admin.status():
+            if status.function == FUNCTION:
+                return status.workers
+    return 0
+
+
+def start_server(kind: str, gearmand_threads: int, logdir: Path) -> tuple[subprocess.Popen, str, str]:
+    for _attempt in range(3):  # the free port may be taken between probe and bind
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        if kind == "gearmand":
+            argv = [GEARMAND, "--listen", "127.0.0.1", "--port", str(port), "--threads", str(gearmand_threads),
+                    "--log-file", "none", "--pid-file", str(logdir / f"gearmand-{port}.pid")]
+            label = f"gearmand --threads {gearmand_threads}"
+        else:
+            argv = [sys.executable, "-m", "gearnb", "server", "--host", "127.0.0.1", "--port", str(port)]
+            label = "gearnb server (uvloop)"
+        proc = spawn(argv, logdir / f"{kind}.log")
+        try:
+            wait_until(lambda: answers_echo(address), 15, f"{label} on {address}", proc)
+            return proc, address, label
+        except BenchError:
+            stop(proc)
+    raise BenchError(f"could not start {kind}; see {logdir}")
+
+
+def start_workers(address: str, count: int, logdir: Path) -> list[subprocess.Popen]:
+    procs = [spawn([sys.executable, __file__, "--worker-child", address], logdir / f"worker-{i}.log")
+             for i in range(count)]
+    def ready() -> bool:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise BenchError(f"a worker exited with status {proc.returncode}; see {logdir}")
+        return workers_registered(address) >= count
+
+    wait_until(ready, 20, f"{count} workers on {address}")
+    return procs
+
+
+def worker_child(address: str) -> None:
+    worker = gearnb.Worker(address, client_id=f"bench-{os.getpid()}")
+
+    @worker.function(FUNCTION)
+    def double(job: gearnb.Job) -> bytes:
+        return b"%d" % (2 * int(job.data))
+
+    worker.work()  # until SIGTERM
+
+
+# -- clients ---------------------------------------------------------------------------------
+def raw_socket(address: str, timeout: float) -> socket.socket:
+    """A blocking socket whose recv/send fail after ``timeout`` s (SO_RCVTIMEO/SO_SNDTIMEO):
+    one system call per recv or send, no poll() before each as ``settimeout`` would add."""
+    host, port = address.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(None)
+    tv = struct.pack("ll", int(timeout), int((timeout % 1) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+    return sock
+
+
+def raw_pipelined(address: str, n: int, window: int, timeout: float) -> float:
+    """SUBMIT_JOB over a plain socket with ``window`` jobs in flight; returns seconds.
+
+    As little client work as possible: packets are encoded before the clock starts, and each
+    turn is one recv() and one send() of as many new submits as jobs just completed.
+    """
+    packets = [request(P.SUBMIT_JOB, FUNCTION_B, b"", b"%d" % i) for i in range(n)]
+    expected = [b"%d" % (2 * i) for i in range(n)]
+    decoder = Decoder(RES)
+    submitted: deque[int] = deque()  # job numbers waiting for JOB_CREATED, in order
+    by_handle: dict[bytes, int] = {}
+    done = bad = 0
+    buffer = memoryview(bytearray(1 << 18))  # recv_into: no 256 KiB allocation per recv
+    sock = raw_socket(address, timeout)
+    try:
+        start = time.perf_counter()
+        deadline = start + timeout
+        sent = min(window, n)
+        sock.sendall(b"".join(packets[:sent]))
+        submitted.extend(range(sent))
+        while done < n:
+            if time.perf_counter() > deadline:
+                raise BenchError(f"raw client: {done}/{n} jobs done after {timeout:g} s")
+            try:
+                size = sock.recv_into(buffer)
+            except BlockingIOError:
+                raise BenchError(f"raw client: no reply for {timeout:g} s ({done}/{n} jobs done)") from None
+            if not size:
+                raise BenchError("raw client: the server closed the connection")
+            finished = 0
+            for packet in decoder.feed(buffer[:size]):
+                ptype = packet.type
+                if ptype == P.WORK_COMPLETE:
+                    if packet.args[1] != expected[by_handle.pop(packet.args[0])]:
+                        bad += 1
+                    finished += 1
+                elif ptype == P.JOB_CREATED:
+                    by_handle[packet.args[0]] = submitted.popleft()
+                else:
+                    raise BenchError(f"raw client: unexpected {packet!r}")
+            done += finished
+            more = min(finished, n - sent)
+            if more:
+                sock.sendall(b"".join(packets[sent:sent + more]))
+                submitted.extend(range(sent, sent + more))
+                sent += more
+        elapsed = time.perf_counter() - start
+    finally:
+        sock.close()
+    if bad:
+        raise BenchError(f"raw client: {bad} wrong results")
+    return elapsed
+
+
+def raw_latency(address: str, n: int, timeout: float) -> list[float]:
+    """One SUBMIT_JOB at a time over a blocking socket; returns each job's seconds."""
+    sock = raw_socket(address, timeout)
+    decoder = Decoder(RES)
+    times = []
+    try:
+        for i in range(n):
+            t0 = time.perf_counter()
+            sock.sendall(request(P.SUBMIT_JOB, FUNCTION_B, b"", b"%d" % i))
+            result = None
+            while result is None:
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:
+                    raise BenchError(f"raw latency: no reply for {timeout:g} s") from None
+                if not data:
+                    raise BenchError("raw latency: the server closed the connection")
+                for packet in decoder.feed(data):
+                    if packet.type == P.WORK_COMPLETE:
+                        result = packet.args[1]
+            times.append(time.perf_counter() - t0)
+            if result != b"%d" % (2 * i):
+                raise BenchError(f"raw latency: wrong result {result!r} for {i}")
+    finally:
+        sock.close()
+    return times
+
+
+def taskset_throughput(address: str, n: int, timeout: float) -> float:
+    client = gearnb.Client(address)
+    try:
+        client.echo(timeout=10)  # connect outside the timing
+        start = time.perf_counter()
+        taskset = gearnb.TaskSet(client)
+        tasks = [taskset.add(gearnb.Task(FUNCTION, b"%d" % i)) for i in range(n)]
+        if not taskset.wait(timeout):
+            raise BenchError(f"TaskSet: {sum(t.finished for t in tasks)}/{n} jobs done after {timeout:g} s")
+        elapsed = time.perf_counter() - start
+    finally:
+        client.close()
+    bad = sum(1 for i, t in enumerate(tasks) if not t.successful or t.result != b"%d" % (2 * i))
+    if bad:
+        raise BenchError(f"TaskSet: {bad} jobs failed or gave wrong results")
+    return elapsed
+
+
+def async_throughput(address: str, n: int, window: int, timeout: float) -> float:
+    from gearnb.server.listener import new_event_loop
+
+    async def run() -> float:
+        async with gearnb.AsyncClient(address) as client:
+            await client.echo()  # connect outside the timing
+            start = time.perf_counter()
+            inflight: deque[tuple[int, gearnb.Task]] = deque()
+            bad = 0
+            limit = window
+            for i in range(n):
+                if len(inflight) >= limit:
+                    j, task = inflight.popleft()
+                    await client.wait(task)
+                    bad += task.result != b"%d" % (2 * j)
+                inflight.append((i, client.submit(gearnb.Task(FUNCTION, b"%d" % i))))
+            while inflight:
+                j, task = inflight.popleft()
+                await client.wait(task)
+                bad += task.result != b"%d" % (2 * j)
+            elapsed = time.perf_counter() - start
+            if bad:
+                raise BenchError(f"AsyncClient: {bad} jobs failed or gave wrong results")
+            return elapsed
+
+    async def bounded() -> float:
+        return await asyncio.wait_for(run(), timeout)
+
+    loop = new_event_loop()
+    try:
+        return loop.run_until_complete(bounded())
+    except asyncio.TimeoutError:
+        raise BenchError(f"AsyncClient: not done after {timeout:g} s") from None
+    finally:
+        loop.close()
+
+
+def client_latency(address: str, n: int, timeout: float) -> list[float]:
+    client = gearnb.Client(address)
+    times = []
+    try:
+        client.echo(timeout=10)
+        for i in range(n):
+            t0 = time.perf_counter()
+            result = client.do(FUNCTION, b"%d" % i, timeout=timeout)
+            times.append(time.perf_counter() - t0)
+            if result != b"%d" % (2 * i):
+                raise BenchError(f"Client.do: wrong result {result!r} for {i}")
+    finally:
+        client.close()
+    return times
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, int(round(q / 100 * len(ordered) + 0.5)) - 1))
+    return ordered[k]
+
+
+# -- main ------------------------------------------------------------------------------------
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a child process so far (Linux /proc; NaN elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def measured(run: Callable[[], float], server: subprocess.Popen, workers: list[subprocess.Popen]) -> tuple:
+    """Run one throughput measurement; also the CPU seconds the server, the workers and
+    this process (the client, all its threads) used meanwhile."""
+    before = [cpu_seconds(server.pid), sum(cpu_seconds(w.pid) for w in workers), time.process_time()]
+    seconds = run()
+    after = [cpu_seconds(server.pid), sum(cpu_seconds(w.pid) for w in workers), time.process_time()]
+    return (seconds, *(a - b for a, b in zip(after, before)))
+
+
+def bench_server(kind: str, args: argparse.Namespace, logdir: Path, rows: list, lat_rows: list) -> None:
+    server, address, label = start_server(kind, args.gearmand_threads, logdir)
+    workers: list[subprocess.Popen] = []
+    try:
+        workers = start_workers(address, args.workers, logdir)
+        print(f"# {label} on {address}, {args.workers} workers", file=sys.stderr, flush=True)
+        raw_pipelined(address, min(2000, args.jobs), args.window, args.timeout)  # warm-up
+        clients = [
+            ("raw", f"raw socket, {args.window} in flight",
+             lambda: raw_pipelined(address, args.jobs, args.window, args.timeout)),
+            ("taskset", "gearnb Client+TaskSet, all in flight",
+             lambda: taskset_throughput(address, args.jobs, args.timeout)),
+            ("async", f"gearnb AsyncClient, {args.window} in flight",
+             lambda: async_throughput(address, args.jobs, args.window, args.timeout)),
+        ]
+        for key, name, run in clients:
+            if key in args.clients:
+                runs = [measured(run, server, workers) for _ in range(args.repeat)]
+                rows.append((label, name, args.jobs, runs))
+        if args.latency_jobs:
+            raw_latency(address, 50, args.timeout)  # warm-up
+            times = raw_latency(address, args.latency_jobs, args.timeout)
+            lat_rows.append((label, "raw socket", times))
+            client_latency(address, 50, args.timeout)
+            times = client_latency(address, args.latency_jobs, args.timeout)
+            lat_rows.append((label, "gearnb Client.do", times))
+        for proc in [server, *workers]:
+            if proc.poll() is not None:
+                raise BenchError(f"{label}: a process exited early (status {proc.returncode}); logs in {logdir}")
+    finally:
+        for proc in workers:
+            stop(proc)
+        stop(server)
+
+
+def print_tables(args: argparse.Namespace, rows: list, lat_rows: list) -> None:
+    several = args.repeat > 1
+    head = ["server", "client", "jobs", "seconds", "jobs/s"]
+    if several:
+        head.append("median jobs/s")
+    head += ["CPU us/job: server", "workers", "client"]
+    table = [tuple(head)]
+    for label, client, jobs, runs in rows:
+        best = min(runs)  # the fastest run; its CPU columns
+        seconds, server_cpu, workers_cpu, client_cpu = best
+        row = [label, client, str(jobs), f"{seconds:.3f}", f"{jobs / seconds:,.0f}"]
+        if several:
+            row.append(f"{jobs / statistics.median(r[0] for r in runs):,.0f}")
+        row += [f"{1e6 * server_cpu / jobs:.1f}", f"{1e6 * workers_cpu / jobs:.1f}", f"{1e6 * client_cpu / jobs:.1f}"]
+        table.append(tuple(row))
+    lat = [("server", "client (one job at a time)", "jobs", "p50 ms", "p99 ms", "mean ms")]
+    for label, client, times in lat_rows:
+        lat.append((label, client, str(len(times)), f"{percentile(times, 50) * 1e3:.3f}",
+                    f"{percentile(times, 99) * 1e3:.3f}", f"{statistics.fmean(times) * 1e3:.3f}"))
+    print(f"\nThroughput: {args.jobs} jobs '{FUNCTION}' (x -> 2x), {args.workers} gearnb.Worker processes, "
+          f"one client connection; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
+    if several:
+        print(f"(best of {args.repeat} runs per row, and the median; CPU columns are for the best run)")
+    _print_table(table, right=tuple(range(2, len(head))))
+    if len(lat) > 1:
+        print(f"\nLatency: {args.latency_jobs} jobs one at a time (submit, wait for WORK_COMPLETE), same workers")
+        _print_table(lat, right=(2, 3, 4, 5))
+
+
+def _print_table(table: list[tuple[str, ...]], right: tuple[int, ...]) -> None:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for n, row in enumerate(table):
+        cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        print(" | ".join(cells).rstrip())
+        if n == 0:
+            print("-+-".join("-" * w for w in widths))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=20000, help="jobs per throughput run (default 20000)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--latency-jobs", type=int, default=2000,
+                        help="jobs for the one-at-a-time latency runs (default 2000; 0 skips them)")
+    parser.add_argument("--window", type=int, default=1000,
+                        help="jobs in flight for the raw and AsyncClient runs (default 1000)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="throughput runs per client; the table shows the best and the median (default 3)")
+    parser.add_argument("--servers", default="gearmand,gearnb", help="which servers, in order (default both)")
+    parser.add_argument("--clients", default="raw,taskset,async",
+                        help="which throughput clients: raw, taskset, async (default all three)")
+    parser.add_argument("--gearmand-threads", type=int, default=0,
+                        help="gearmand --threads (default 0: one thread does I/O and processing, the fastest here)")
+    parser.add_argument("--timeout", type=float, default=120, help="limit for each measurement, s (default 120)")
+    parser.add_argument("--deadline", type=float, default=900, help="limit for the whole run, s (default 900)")
+    parser.add_argument("--worker-child", metavar="ADDRESS", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker_child:
+        worker_child(args.worker_child)
+        return 0
+    kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
+    args.clients = {c.strip() for c in args.clients.split(",") if c.strip()}
+    if not args.clients <= {"raw", "taskset", "async"}:
+        parser.error("unknown client in --clients (raw, taskset, async)")
+    for kind in kinds:
+        if kind not in ("gearmand", "gearnb"):
+            parser.error(f"unknown server {kind!r} (gearmand or gearnb)")
+    if "gearmand" in kinds and not os.access(GEARMAND, os.X_OK):
+        parser.error(f"gearmand not found ({GEARMAND}); install it or pass --servers gearnb")
+    if args.jobs < 1 or args.workers < 1 or args.window < 1:
+        parser.error("--jobs, --workers and --window must be at least 1")
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt if signum == signal.SIGINT else BenchError(f"stopped by signal {signum}")
+
+    def on_alarm(_signum: int, _frame: object) -> None:
+        raise BenchError(f"the whole run took longer than --deadline {args.deadline:g} s")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(max(1, int(args.deadline)))
+    rows: list = []
+    lat_rows: list = []
+    logdir = Path(tempfile.mkdtemp(prefix="gearnb-bench-"))
+    try:
+        for kind in kinds:
+            bench_server(kind, args, logdir, rows, lat_rows)
+    except (BenchError, KeyboardInterrupt) as exc:
+        stop_all()
+        if rows or lat_rows:
+            print_tables(args, rows, lat_rows)
+        print(f"\nbenchmark aborted: {exc or type(exc).__name__}; logs in {logdir}", file=sys.stderr)
+        return 1
+    finally:
+        signal.alarm(0)
+        stop_all()
+    print_tables(args, rows, lat_rows)
+    shutil.rmtree(logdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
