@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from typing import TYPE_CHECKING
 
 from ..sockets import tune
 from ..protocol import REQ, Decoder, ProtocolError, response
-from ..protocol.packets import AdminLine, PacketType
+from ..protocol.packets import ARG_COUNT, HEADER_SIZE, AdminLine, PacketType
 
 if TYPE_CHECKING:
     from .core import JobServer
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from .jobs import Job
 
 log = logging.getLogger("gearnb.server")
+_unpack_header = struct.Struct(">4sII").unpack_from
 
 # Stop reading from a peer whose replies pile up unread beyond this many bytes: a client
 # that submits without ever reading cannot grow our memory without bound.
@@ -65,6 +67,13 @@ class Connection(asyncio.Protocol):
         self.server.connection_made(self)
 
     def data_received(self, data: bytes) -> None:
+        if type(data) is bytes and not self.decoder.buffered:
+            # The common case - whole binary packets and nothing held over - is parsed here
+            # without building Packet objects; anything else goes to the Decoder.
+            data = self._handle_whole_packets(data)
+            if not data:
+                self.server.flush_soon()
+                return
         server = self.server
         try:
             items = self.decoder.feed(data)
@@ -92,7 +101,45 @@ class Connection(asyncio.Protocol):
             except ProtocolError as exc:
                 self.protocol_error(exc)
                 break
-        server.flush()
+        server.flush_soon()
+
+    def _handle_whole_packets(self, data: bytes) -> bytes:
+        """Run the handlers of the complete, well-formed binary packets at the start of
+        ``data``; return what is left (a text line, a partial or a bad packet) for the
+        Decoder, which also words any error."""
+        handlers = self.server.handlers
+        max_size = self.decoder.max_packet_size
+        pos = 0
+        n = len(data)
+        while n - pos >= HEADER_SIZE and data[pos] == 0 and not self.closed:
+            magic, ptype, size = _unpack_header(data, pos)
+            count = ARG_COUNT.get(ptype)
+            end = pos + HEADER_SIZE + size
+            if magic != REQ or count is None or size > max_size or end > n:
+                break
+            body = data[pos + HEADER_SIZE:end]
+            if count == 1:
+                args: tuple[bytes, ...] = (body,)
+            elif count == 0:
+                if body:
+                    break
+                args = ()
+            else:
+                args = tuple(body.split(b"\0", count - 1))
+                if len(args) != count:
+                    break
+            handler = handlers.get(ptype)
+            if handler is None:
+                break
+            pos = end
+            try:
+                handler(self, args)
+            except ProtocolError as exc:
+                self.protocol_error(exc)
+                return b""
+        if self.closed:
+            return b""
+        return data[pos:] if pos else data
 
     def eof_received(self) -> bool | None:
         try:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..protocol import DEFAULT_MAX_PACKET_SIZE, HIGH, NORMAL, SUBMIT_TYPES, PacketType, ProtocolError
 from ..protocol.packets import MAX_UNIQUE_SIZE
+from . import fast_paths
 from .admin import AdminCommands
 from .functions import Function
 from .jobs import DONE, QUEUED, RUNNING, SCHEDULED, HandleFactory, Job, coalescing_key
@@ -74,6 +75,8 @@ class JobServer:
         }
         for ptype in SUBMIT_TYPES:
             self.handlers[ptype] = self._submit_handler(ptype)
+        fast_paths.install(self)
+        self._flush_scheduled = False
 
     # -- plumbing -----------------------------------------------------------------------
     def flush(self) -> None:
@@ -88,6 +91,17 @@ class JobServer:
             self.dirty = []
             for conn in dirty:
                 conn.flush()
+
+    def flush_soon(self) -> None:
+        """Flush at the end of this turn of the event loop: the replies that several
+        connections' packets cause to one peer leave in one write."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
 
     def restore(self) -> int:
         """Queue the background jobs kept in the persistent queue (at start-up)."""
