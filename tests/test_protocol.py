@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gearnb.protocol import (
@@ -168,3 +168,141 @@ def test_failed_decoder_stays_failed():
         decoder.feed(b"\0BAD" + b"\0" * 8)
     with pytest.raises(ProtocolError):
         decoder.feed(request(PacketType.NOOP))
+
+
+# -- large packets: received in pieces, joined once --------------------------------------------
+BIG_TYPES = [PacketType.SUBMIT_JOB, PacketType.WORK_COMPLETE, PacketType.JOB_ASSIGN_UNIQ,
+             PacketType.ECHO_REQ, PacketType.SUBMIT_REDUCE_JOB]
+
+
+@pytest.fixture(params=["in-place", "joined"])
+def big_packet_mode(request, monkeypatch):
+    """Large packets are filled in place (CPython) or, where that is not possible, joined."""
+    from gearnb.protocol import codec
+
+    if request.param == "joined":
+        monkeypatch.setattr(codec, "_bytes_maker", False)
+    return request.param
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(BIG_TYPES), st.integers(0, 3 * 65536), st.data())
+def test_large_packets_split_anywhere(big_packet_mode, ptype, size, data):
+    from gearnb.protocol.codec import BIG_PACKET
+
+    count = ARG_COUNT[ptype]
+    leading = [data.draw(arg_without_nul) for _ in range(count - 1)]
+    last = bytes(range(256)) * (size // 256 + 1)
+    last = last[:size + BIG_PACKET // 2]  # NULs inside, as pickles have
+    big = Packet(REQ, ptype, (*leading, last))
+    small = Packet(REQ, PacketType.ECHO_REQ, (b"x",))
+    stream = b"".join(encode(REQ, p.type, *p.args) for p in (small, big, small, big))
+    decoder = Decoder(REQ)
+    out = []
+    pos = 0
+    reused = bytearray(262144)  # as the worker reads: recv_into one buffer, feed a view of it
+    while pos < len(stream):
+        step = data.draw(st.sampled_from([1, 7, 12, 100, 4096, 65536, 262144]))
+        piece = stream[pos:pos + step]
+        if data.draw(st.booleans()):
+            reused[:len(piece)] = piece
+            out += decoder.feed(memoryview(reused)[:len(piece)])
+            reused[:len(piece)] = b"\xff" * len(piece)  # the next read overwrites it
+        else:
+            out += decoder.feed(piece)
+        pos += step
+        assert decoder.buffered <= len(stream)
+    assert out == [small, big, small, big]
+    assert all(type(arg) is bytes for packet in out for arg in packet.args)
+    decoder.close()
+
+
+def test_large_packet_errors(big_packet_mode):
+    from gearnb.protocol.codec import BIG_PACKET
+
+    body = b"x" * (2 * BIG_PACKET)  # SUBMIT_JOB needs two NULs; there are none
+    data = b"\0REQ" + struct.pack(">II", PacketType.SUBMIT_JOB, len(body)) + body
+    decoder = Decoder(REQ)
+    assert decoder.feed(data[:BIG_PACKET]) == []
+    assert decoder.buffered == BIG_PACKET - 12
+    with pytest.raises(ProtocolError):
+        decoder.feed(data[BIG_PACKET:])
+    with pytest.raises(ProtocolError):
+        decoder.feed(request(PacketType.NOOP))  # stays failed
+    decoder = Decoder(RES)
+    decoder.feed(response(PacketType.WORK_COMPLETE, b"H:x:1", body)[:-1])
+    with pytest.raises(ProtocolError):
+        decoder.close()  # cut off inside the large packet
+
+
+def test_large_packet_encodes_as_small_ones_do():
+    body = bytes(range(256)) * 1000
+    assert request(PacketType.SUBMIT_JOB, b"f", b"u", body) == \
+        b"\0REQ" + struct.pack(">II", 7, len(body) + 4) + b"f\0u\0" + body
+    assert response(PacketType.WORK_COMPLETE, b"H:1", memoryview(body)) == \
+        b"\0RES" + struct.pack(">II", 13, len(body) + 4) + b"H:1\0" + body
+
+
+def test_large_packet_with_too_few_or_no_arguments(big_packet_mode):
+    from gearnb.protocol.codec import BIG_PACKET
+
+    for ptype, body in [(PacketType.WORK_COMPLETE, b"x" * BIG_PACKET * 2),  # no NUL after the handle
+                        (PacketType.NOOP, b"\0" * BIG_PACKET * 2)]:  # NOOP carries no data
+        data = b"\0RES" + struct.pack(">II", ptype, len(body)) + body
+        decoder = Decoder(RES)
+        with pytest.raises(ProtocolError):
+            for i in range(0, len(data), 1000):
+                decoder.feed(data[i:i + 1000])
+
+
+def test_encode_parts_joins_to_encode():
+    from gearnb.protocol.codec import BIG_PACKET, encode_parts
+
+    big = bytes(range(256)) * (BIG_PACKET // 256 + 1)
+    for ptype, args in [(PacketType.SUBMIT_JOB, (b"f", b"u", big)), (PacketType.SUBMIT_JOB, (b"f", b"u", b"x")),
+                        (PacketType.ECHO_RES, (big,)), (PacketType.NOOP, ())]:
+        parts = encode_parts(REQ, ptype, *args)
+        assert b"".join(parts) == encode(REQ, ptype, *args)
+        assert len(parts) == (2 if args and args[-1] is big else 1)
+    with pytest.raises(ProtocolError):
+        encode_parts(REQ, PacketType.SUBMIT_JOB, b"f\0g", b"", big)
+
+
+def test_join_bytes_is_bytes_join(big_packet_mode):
+    from gearnb.protocol.codec import HUGE_PAGES_MIN, join_bytes
+
+    big = bytes(range(256)) * (HUGE_PAGES_MIN // 256 + 3)
+    for parts in ([], [b"a"], [b"head", big, b"tail"], [b"h", memoryview(big)[5:], bytearray(b"ba")],
+                  [memoryview(big).cast("B", (len(big) // 4, 4))]):
+        joined = join_bytes(parts)
+        assert type(joined) is bytes and joined == b"".join(parts)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(BIG_TYPES), st.integers(0, 3 * 65536), st.data())
+def test_reading_into_get_buffer(big_packet_mode, ptype, size, data):
+    """As asyncio.BufferedProtocol and recv_into use it: read into get_buffer(), then
+    buffer_updated(n); large packets are read straight into their final bytes object."""
+    from gearnb.protocol.codec import BIG_PACKET
+
+    count = ARG_COUNT[ptype]
+    leading = [data.draw(arg_without_nul) for _ in range(count - 1)]
+    last = (bytes(range(256)) * (size // 256 + 1))[:size + BIG_PACKET // 2]
+    big = Packet(REQ, ptype, (*leading, last))
+    small = Packet(REQ, PacketType.ECHO_REQ, (b"x",))
+    stream = b"".join(encode(REQ, p.type, *p.args) for p in (big, small, small, big, small))
+    decoder = Decoder(REQ)
+    out = []
+    pos = 0
+    while pos < len(stream):
+        buffer = decoder.get_buffer()
+        n = min(len(buffer), len(stream) - pos, data.draw(st.sampled_from([1, 5, 12, 1000, 70000, 1 << 30])))
+        buffer[:n] = stream[pos:pos + n]
+        pos += n
+        if not decoder.reading_large and data.draw(st.booleans()):
+            out += decoder.feed(decoder.read_bytes(n))  # a caller's own path for small reads
+        else:
+            out += decoder.buffer_updated(n)
+    assert out == [big, small, small, big, small]
+    assert all(type(arg) is bytes for packet in out for arg in packet.args)
+    decoder.close()

@@ -147,7 +147,8 @@ def test_refused_payloads_never_run(case):
 
 
 def test_version_mismatch_names_both_versions():
-    body = msgpack.packb({"v": 1, "py": "3.2", "cp": "0.1", "fd": b"x" * 16, "ch": False, "a": []})
+    body = msgpack.packb({"v": envelope.FORMAT_VERSION, "py": "3.2", "cp": "0.1", "fd": b"x" * 16, "ch": False,
+                          "a": []})
     _, _, answer, failed = run(Signer(KEY).sign(b"pyexec", body))
     assert failed
     exc = envelope.rebuild_error(envelope.decode_result(Signer(KEY).verify(b"pyexec", answer))["fail"])
@@ -195,3 +196,55 @@ def test_worker_refuses_a_result_signed_with_another_key():
             with pytest.raises(RefusedPayload, match="not signed"):
                 ex.submit(abs, 1).result(20)
             ex.shutdown()
+
+
+def test_large_buffers_travel_framed_and_are_read_in_place():
+    from gearnb.pyexec.keys import MAC_SIZE, MAGIC
+
+    array = np.arange(envelope.FRAME_MIN // 4, dtype=np.float64)  # 2 x FRAME_MIN bytes
+    payload = call_payload(lambda a, b: (a * 2, b, a), array, np.ones(3, dtype=np.int8))
+    assert payload[len(MAGIC) + MAC_SIZE] == envelope.FRAME_MARKER  # not a plain msgpack body
+    runner, job, answer, failed = run(payload)
+    assert not failed
+    assert answer[len(MAGIC) + MAC_SIZE] == envelope.FRAME_MARKER
+    doubled, ones, same = envelope.decode_result(Signer(KEY).verify(b"pyexec", answer))["values"][0]
+    assert np.array_equal(doubled, array * 2) and np.array_equal(same, array)
+    assert np.array_equal(ones, np.ones(3)) and ones.dtype == np.int8
+    assert doubled.flags.aligned and same.flags.aligned
+    base = np.frombuffer(answer, dtype=np.uint8)
+    assert np.shares_memory(doubled, base) and np.shares_memory(same, base)  # views, not copies
+    # calls and results below FRAME_MIN stay one plain msgpack map (readable anywhere)
+    small = call_payload(abs, np.arange(10.0))
+    assert msgpack.unpackb(Signer(KEY).verify(b"pyexec", small), raw=False)["af"] == envelope.PICKLED
+
+
+def test_framed_body_cut_short_is_refused():
+    blob = envelope.FunctionBlob(abs)
+    body = envelope.encode_call(blob, [((np.zeros(envelope.FRAME_MIN),), {})], with_code=False, chunk=False)
+    with pytest.raises(ValueError):
+        envelope.decode_call(body[:-8])
+
+
+def test_map_chunks_travel_as_columns():
+    blob = envelope.FunctionBlob(lambda x, y: x * y)
+    parts = envelope.encode_map_chunk(blob, [[1, 2, 3], [4, 5, 6]], with_code=True)
+    msg = envelope.decode_call(b"".join(parts))
+    assert msg["c"] == [[1, 2, 3], [4, 5, 6]] and msg["ch"] is True
+    assert envelope.call_columns(msg) == [[1, 2, 3], [4, 5, 6]]
+    assert envelope.call_arguments(msg) == [([1, 4], {}), ([2, 5], {}), ([3, 6], {})]
+    runner, job, answer, failed = run(Signer(KEY).sign_parts(b"pyexec", parts))
+    result = envelope.decode_result(Signer(KEY).verify(b"pyexec", answer))
+    assert not failed and result["values"] == [4, 10, 18]
+
+
+def test_signer_is_hmac_sha256():
+    import hashlib
+    import hmac
+
+    for key in (b"k", b"s" * 32, b"x" * 64, b"long key " * 20):
+        signer = Signer(key)
+        for body in (b"", b"abc", bytes(range(256)) * 100):
+            expected = hmac.new(key, b"pyexec\0" + body, hashlib.sha256).digest()
+            assert signer.mac(b"pyexec", body) == expected
+            assert signer.mac_parts(b"pyexec", [body[:3], memoryview(body)[3:]]) == expected
+            assert signer.sign_parts(b"pyexec", [body[:3], body[3:]]) == signer.sign(b"pyexec", body)

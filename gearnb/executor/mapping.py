@@ -255,12 +255,21 @@ class MapRun:
                 chunk = self._wait()
                 if chunk is None:
                     continue
-                del self.in_flight[id(chunk)]
-                for run in self._outcomes(chunk):
-                    if not self.ordered:
-                        yield run
-                    else:
-                        pending[run[0]] = run
+                # Take every chunk that finished meanwhile: one _fill (one wake-up of the I/O
+                # thread) then sends the chunks that replace them together.
+                finished = [chunk]
+                while True:
+                    try:
+                        finished.append(self.events.get_nowait())
+                    except queue.Empty:
+                        break
+                for chunk in finished:
+                    del self.in_flight[id(chunk)]
+                    for run in self._outcomes(chunk):
+                        if not self.ordered:
+                            yield run
+                        else:
+                            pending[run[0]] = run
                 while next_index in pending:
                     run = pending.pop(next_index)
                     next_index = run[0] + len(run[1])
@@ -320,7 +329,7 @@ class MapRun:
             self.backoff = BACKOFF_FIRST
         # A finished job freed a place in the server's queue: the backlog may go now.
         self.resume_at = 0.0
-        retry = sorted(i for i in errors if chunk.attempts < self.retries)
+        retry = sorted(i for i in errors if chunk.attempts < self.retries) if errors else []
         runs = _runs(chunk.indices, values, errors, set(retry))
         if retry:
             again = Chunk([chunk.indices[i] for i in retry], [[column[i] for i in retry] for column in chunk.columns])

@@ -7,6 +7,7 @@ read into a :class:`Decoder` and write whatever :func:`encode` returns.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from .packets import (
     ARG_COUNT,
@@ -26,6 +27,7 @@ _new_tuple = tuple.__new__  # Packet(...) without the Python-level namedtuple __
 
 # A text (admin) command is one short line; gearmand reads them into a small buffer too.
 MAX_ADMIN_LINE = 8192
+RECV_BUFFER = 256 * 1024  # Decoder.get_buffer() outside large packets
 # Packets with a body of this size or more are encoded with one copy of their data (not two),
 # and decoded by keeping the received pieces and joining them once at the end (not by
 # appending every read to a buffer and slicing the packet out of it).
@@ -76,7 +78,22 @@ def _encode_big(magic: bytes, ptype: int, args: tuple[bytes, ...]) -> bytes:
     size = len(args) - 1
     for arg in args:
         size += len(arg)
-    return b"\0".join((_pack_header(magic, ptype, size) + args[0], *args[1:]))
+    parts = [_pack_header(magic, ptype, size) + args[0]]
+    for arg in args[1:]:
+        parts.append(b"\0")
+        parts.append(arg)
+    return join_bytes(parts)
+
+
+def encode_parts(magic: bytes, ptype: int, *args: bytes) -> list[bytes]:
+    """``encode(...)`` as pieces to write one after the other (``transport.writelines``,
+    ``socket.sendmsg``): for a large last argument, the header and leading arguments, then
+    the last argument itself, not copied; otherwise the whole packet in one piece."""
+    if not args or len(args[-1]) < BIG_PACKET:
+        return [encode(magic, ptype, *args)]
+    head = encode(magic, ptype, *args[:-1], b"")  # checks the arguments; the size is patched
+    size = len(head) - HEADER_SIZE + len(args[-1])
+    return [_pack_header(magic, ptype, size) + head[HEADER_SIZE:], args[-1]]
 
 
 def encode_packet(packet: Packet) -> bytes:
@@ -142,7 +159,8 @@ class Decoder:
     Nothing is buffered beyond ``max_packet_size`` (plus one header).
     """
 
-    __slots__ = ("_buf", "expect", "allow_text", "max_packet_size", "_failed", "_big")
+    __slots__ = ("_buf", "expect", "allow_text", "max_packet_size", "_failed", "_big", "_scratch",
+                 "_into_big")
 
     def __init__(
         self,
@@ -159,6 +177,8 @@ class Decoder:
         self.max_packet_size = max_packet_size
         self._failed = False
         self._big: _BigPacket | None = None  # a large packet being received
+        self._scratch: memoryview | None = None  # get_buffer()'s buffer for everything else
+        self._into_big = False  # the last get_buffer() was a view into the large packet
 
     @property
     def buffered(self) -> int:
@@ -256,17 +276,60 @@ class Decoder:
             buf += src[pos:] if pos else src
         return out
 
+    # -- reading straight into place (asyncio.BufferedProtocol, socket.recv_into) ----------
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Where to read the next bytes into; then call :meth:`buffer_updated`.
+
+        While the last argument of a large packet is arriving, this is the rest of that
+        argument's final bytes object, so the kernel copies the data straight into place (one
+        read may then take megabytes); otherwise a reusable buffer of ``RECV_BUFFER`` bytes.
+        """
+        if self._failed:
+            raise ProtocolError("decoder already failed")
+        big = self._big
+        if big is not None and big.view is not None:
+            self._into_big = True
+            return big.view[big.filled:]
+        self._into_big = False
+        if self._scratch is None:
+            self._scratch = memoryview(bytearray(RECV_BUFFER))
+        return self._scratch
+
+    @property
+    def reading_large(self) -> bool:
+        """The last :meth:`get_buffer` was a view into a large packet's final bytes object."""
+        return self._into_big
+
+    def read_bytes(self, nbytes: int) -> bytes:
+        """The ``nbytes`` read into :meth:`get_buffer`'s own buffer (not into a large packet),
+        as bytes: for a caller that passes small reads to its own fast path, then to feed()."""
+        assert not self._into_big and self._scratch is not None
+        return bytes(self._scratch[:nbytes])
+
+    def buffer_updated(self, nbytes: int) -> list[Packet | AdminLine]:
+        """``nbytes`` were read into the buffer :meth:`get_buffer` returned: decode them."""
+        if not self._into_big:
+            assert self._scratch is not None
+            return self.feed(self._scratch[:nbytes])
+        self._into_big = False
+        big = self._big
+        assert big is not None and nbytes <= big.remaining
+        big.filled += nbytes
+        big.remaining -= nbytes
+        if big.remaining:
+            return []
+        return self._feed_big(b"")  # complete: hand it out
+
     def _feed_big(self, data: bytes) -> list[Packet | AdminLine]:
         """Take the next piece of a large packet; decode what follows it as usual."""
         big = self._big
         assert big is not None
-        if type(data) is not bytes:
-            data = bytes(data)
         need = big.remaining
         if len(data) < need:
             big.add(data, 0, len(data))
             return []
-        big.add(data, 0, need)
+        if need:
+            big.add(data, 0, need)
         self._big = None
         try:
             args = big.args()
@@ -293,47 +356,159 @@ class Decoder:
 
 
 class _BigPacket:
-    """A large packet being received: the pieces of its body as (bytes, start, end)."""
+    """A large packet being received.
 
-    __slots__ = ("ptype", "count", "size", "remaining", "pieces")
+    The leading arguments (short: a function name, a handle) are cut at their NULs as they
+    arrive; the last one is copied piece by piece into a bytes object of its final size,
+    made up front (see :func:`_new_bytes`). So every received piece can be freed at once:
+    memory is used once for the packet, not twice (pieces, then their join), which on Linux
+    halves the page faults and the time of receiving a 64 MiB packet. Where such a bytes
+    object cannot be made, the pieces are kept and joined at the end.
+    """
+
+    __slots__ = ("ptype", "count", "size", "remaining", "leading", "partial", "last", "view",
+                 "filled", "pieces")
 
     def __init__(self, ptype: int, count: int, size: int, data: bytes, start: int, length: int) -> None:
         self.ptype = ptype
         self.count = count
         self.size = size
         self.remaining = size
-        self.pieces: list[tuple[bytes, int, int]] = []
+        self.leading: list[bytes] = []
+        self.partial: list[bytes] = []  # pieces of a leading argument cut across reads
+        self.last: bytes | None = None  # the last argument, being filled through ``view``
+        self.view: memoryview | None = None
+        self.filled = 0
+        self.pieces: list[bytes | memoryview] | None = None  # fallback: pieces of the last argument
         self.add(data, start, length)
 
-    def add(self, data: bytes, start: int, length: int) -> None:
-        if length:
-            self.pieces.append((data, start, start + length))
-            self.remaining -= length
+    def add(self, data: bytes | memoryview, start: int, length: int) -> None:
+        if not length:
+            return
+        end = start + length
+        if self.last is None and self.pieces is None:
+            if self.count == 0:  # invalid (no arguments, yet a body): refused at the end
+                self.remaining -= length
+                return
+            if type(data) is not bytes:
+                data, start, end = bytes(data[start:end]), 0, length
+            while len(self.leading) < self.count - 1:
+                nul = data.find(b"\0", start, end)
+                if nul < 0:
+                    self.partial.append(data[start:end])
+                    self.remaining -= length
+                    return
+                self.partial.append(data[start:nul])
+                self.leading.append(b"".join(self.partial))
+                self.partial = []
+                start = nul + 1
+            # Everything from here on is the last argument.
+            self._start_last(self.remaining - (start - (end - length)))
+        self.remaining -= length
+        if self.view is not None:
+            n = end - start
+            self.view[self.filled:self.filled + n] = memoryview(data)[start:end] if start or end != len(data) else data
+            self.filled += n
+        else:
+            assert self.pieces is not None
+            if type(data) is not bytes:
+                data = bytes(data[start:end])  # a view of a buffer the caller may reuse
+            elif start or end != len(data):
+                data = memoryview(data)[start:end]
+            self.pieces.append(data)
+
+    def _start_last(self, size: int) -> None:
+        made = _new_bytes(size)
+        if made is None:
+            self.pieces = []
+        else:
+            self.last, self.view = made
 
     def args(self) -> tuple[bytes, ...]:
-        """The arguments: the leading ones (short, up to a NUL each) and the rest, joined once."""
-        pieces = self.pieces
-        leading: list[bytes] = []
-        k = 0
-        off = pieces[0][1] if pieces else 0
-        partial: list[bytes] = []
-        while len(leading) < self.count - 1 and k < len(pieces):
-            data, _, end = pieces[k]
-            nul = data.find(b"\0", off, end)
-            if nul < 0:
-                partial.append(data[off:end])
-                k += 1
-                off = pieces[k][1] if k < len(pieces) else 0
-                continue
-            partial.append(data[off:nul])
-            leading.append(b"".join(partial))
-            partial = []
-            off = nul + 1
-        if len(leading) < self.count - 1 or self.count == 0:
-            body = b"".join(memoryview(d)[s:e] for d, s, e in pieces)
-            return split_args(self.ptype, body)  # raises: the same error as for a small packet
-        rest = [memoryview(d)[s:e] for d, s, e in pieces[k + 1:]]
-        if k < len(pieces):
-            data, _, end = pieces[k]
-            rest.insert(0, memoryview(data)[off:end])
-        return (*leading, b"".join(rest))
+        """The arguments, once the whole body arrived; raises ProtocolError like split_args."""
+        if self.count == 0:
+            return split_args(self.ptype, b"\0")  # raises: this type carries no data
+        if self.last is None and self.pieces is None:  # fewer NULs than leading arguments
+            return split_args(self.ptype, b"\0".join([*self.leading, b"".join(self.partial)]))  # raises
+        if self.view is not None:
+            assert self.filled == len(self.view)
+            self.view.release()
+            self.view = None
+            last = self.last
+        else:
+            last = b"".join(self.pieces or ())
+        return (*self.leading, last)  # type: ignore[return-value]
+
+
+_bytes_maker: Any = None  # None: not tried yet; False: not available
+# Large bytes made here ask the kernel for transparent huge pages (Linux, MADV_HUGEPAGE):
+# filling a new 64 MiB object then takes ~500 page faults instead of ~16,000 (measured
+# here: 45-55 ms instead of 100-130 ms, and freeing it 0.5 ms instead of 5-10 ms).
+HUGE_PAGES_MIN = 4 * 1024 * 1024
+_MADV_HUGEPAGE = 14  # <linux/mman.h>
+_PAGE = 4096
+
+
+def _new_bytes(size: int) -> tuple[bytes, memoryview] | None:
+    """A new bytes object of ``size`` bytes and a writable view of its memory, to fill before
+    anyone else sees it (as C code fills the result of PyBytes_FromStringAndSize(NULL, n)).
+    None where that cannot be done (not CPython, no ctypes)."""
+    global _bytes_maker
+    if _bytes_maker is None:
+        _bytes_maker = False
+        try:
+            import ctypes
+            import sys
+
+            if sys.implementation.name == "cpython":
+                new = ctypes.pythonapi.PyBytes_FromStringAndSize
+                new.restype = ctypes.py_object
+                new.argtypes = (ctypes.c_char_p, ctypes.c_ssize_t)
+                offset = bytes.__basicsize__ - 1  # where the data starts (ob_sval)
+                madvise = None
+                if sys.platform.startswith("linux"):
+                    try:
+                        madvise = ctypes.CDLL(None, use_errno=True).madvise
+                        madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+                        madvise.restype = ctypes.c_int
+                    except (OSError, AttributeError):
+                        madvise = None
+
+                def make(n: int) -> tuple[bytes, memoryview]:
+                    obj = new(None, n)
+                    address = id(obj) + offset
+                    if madvise is not None and n >= HUGE_PAGES_MIN:
+                        start = (address + _PAGE - 1) & ~(_PAGE - 1)
+                        madvise(start, (address + n - start) & ~(_PAGE - 1), _MADV_HUGEPAGE)  # a hint
+                    return obj, memoryview((ctypes.c_char * n).from_address(address)).cast("B")
+
+                probe, view = make(16)  # check the layout before trusting it
+                view[:] = b"gearnb-bytes-ok!"
+                view.release()
+                if probe == b"gearnb-bytes-ok!" and hash(probe) == hash(b"gearnb-bytes-ok!"):
+                    _bytes_maker = make
+        except Exception:  # noqa: BLE001 - fall back to joining the pieces
+            _bytes_maker = False
+    if not _bytes_maker or size <= 0:
+        return None
+    return _bytes_maker(size)
+
+
+def join_bytes(parts: list[bytes | memoryview]) -> bytes:
+    """``b"".join(parts)``; a large result is made by :func:`_new_bytes` (huge pages)."""
+    total = 0
+    for part in parts:
+        if type(part) is not bytes and not (
+                type(part) is memoryview and part.format == "B" and part.ndim == 1 and part.c_contiguous):
+            return b"".join(parts)
+        total += len(part)
+    made = _new_bytes(total) if total >= HUGE_PAGES_MIN else None
+    if made is None:
+        return b"".join(parts)
+    out, view = made
+    pos = 0
+    for part in parts:
+        view[pos:pos + len(part)] = part
+        pos += len(part)
+    view.release()
+    return out

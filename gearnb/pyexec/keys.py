@@ -12,6 +12,8 @@ import hmac
 import os
 import secrets
 
+from ..protocol.codec import join_bytes
+
 MAGIC = b"GNB1"  # marks a signed pyexec payload: MAGIC + 32-byte MAC + msgpack body
 MAC_SIZE = 32
 KEY_ENV = "GEARNB_KEY"
@@ -94,7 +96,7 @@ class Signer:
         """``sign(function, b"".join(parts))`` with one copy of the parts (into the payload)."""
         if len(parts) == 1:
             return self.sign(function, parts[0])
-        return b"".join([MAGIC, self.mac_parts(function, parts), *parts])
+        return join_bytes([MAGIC, self.mac_parts(function, parts), *parts])
 
     def verify(self, function: bytes, payload: bytes) -> memoryview:
         """The body of a correctly signed payload; raises :class:`RefusedPayload` otherwise."""
