@@ -29,7 +29,9 @@ import msgpack
 
 from .keys import MAC_SIZE, MAGIC
 
-FORMAT_VERSION = 1
+# 2: map chunks as argument columns ("c"), large out-of-band buffers framed (0xC1). A worker
+# of format 1 answers a format-2 call with a VersionMismatch that says to upgrade both sides.
+FORMAT_VERSION = 2
 PYTHON_VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
 CLOUDPICKLE_VERSION = cloudpickle.__version__
 
