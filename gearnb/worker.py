@@ -20,7 +20,8 @@ import traceback
 from typing import Any, Callable
 
 from .errors import JobFailed, WorkException
-from .protocol import RES, Decoder, PacketType, ProtocolError, request
+from .protocol import REQ, RES, Decoder, PacketType, ProtocolError, request
+from .protocol.codec import encode_parts
 from .protocol.packets import DEFAULT_MAX_PACKET_SIZE, Packet
 from .sockets import tune
 from .servers import ServerSpec, parse_servers, split_address
@@ -167,16 +168,29 @@ class _ServerConn:
             except BlockingIOError:  # SO_SNDTIMEO expired (see _set_reply_timeout)
                 raise TimeoutError("timed out") from None
 
+    def send_parts(self, parts: list[bytes]) -> None:
+        """Send the parts of one packet one after the other (a large one is not joined first)."""
+        sock = self.sock
+        if sock is None:
+            raise ConnectionError(f"not connected to {self.address}")
+        with self.lock:
+            try:
+                for part in parts:
+                    sock.sendall(part)
+            except BlockingIOError:  # SO_SNDTIMEO expired (see _set_reply_timeout)
+                raise TimeoutError("timed out") from None
+
     def read_packets(self) -> None:
         """One recv; decoded packets are appended to ``self.packets``. Raises on EOF / bad data."""
         assert self.sock is not None
         try:
-            size = self.sock.recv_into(self._recv_buffer)
+            # The decoder's buffer: a large job's data is read straight into its bytes object.
+            size = self.sock.recv_into(self.decoder.get_buffer())
         except BlockingIOError:  # SO_RCVTIMEO expired (see _set_reply_timeout)
             raise TimeoutError("timed out") from None
         if not size:
             raise ConnectionError("closed by the job server")
-        self.packets.extend(self.decoder.feed(self._recv_buffer[:size]))  # type: ignore[arg-type]
+        self.packets.extend(self.decoder.buffer_updated(size))  # type: ignore[arg-type]
         pending = getattr(self.sock, "pending", None)
         while pending is not None and pending():
             # TLS: decrypted bytes wait inside the SSL object, where select() cannot see them.
@@ -228,6 +242,7 @@ class Worker:
         self._wake_w: socket.socket | None = None
         self._changed = False  # abilities changed while working: re-announce them
         self.jobs_done = 0
+        self._selector: selectors.BaseSelector | None = None
 
     # -- registering --------------------------------------------------------------------
     def register(self, name: str, fn: Callable[[Job], Any], timeout: float | None = None) -> None:
@@ -351,11 +366,19 @@ class Worker:
                     self.jobs_done += 1
                     if max_jobs is not None and self.jobs_done >= max_jobs:
                         self._stop.set()
+                    if type(result) is list:  # a large result: its parts, not joined
+                        try:
+                            conn.send_parts(result)
+                        except OSError as exc:
+                            conn.drop(str(exc))
+                            break
+                        result = b""
                     if self._stop.is_set() or len(live) > 1:
                         # Several servers: one job from each in turn, so none is starved
                         # while another has a long queue.
                         try:
-                            conn.send(result)
+                            if result:
+                                conn.send(result)
                         except OSError as exc:
                             conn.drop(str(exc))
                         break
@@ -367,7 +390,13 @@ class Worker:
 
     def _sleep(self, live: list[_ServerConn]) -> None:
         """PRE_SLEEP everywhere, then wait for a NOOP (or a server to retry, or stop())."""
-        selector = selectors.DefaultSelector()
+        # One selector for the worker's life: a new one per sleep costs epoll_create, two
+        # epoll_ctl and a close, on every job when jobs come one at a time.
+        selector = self._selector
+        if selector is None:
+            selector = self._selector = selectors.DefaultSelector()
+        for key in list(selector.get_map().values()):
+            selector.unregister(key.fileobj)
         assert self._wake_r is not None
         selector.register(self._wake_r, selectors.EVENT_READ, None)
         for conn in live:
@@ -399,10 +428,11 @@ class Worker:
                 # A NOOP: back to grabbing. Drop it so it is not taken for a reply later.
                 conn.packets = [p for p in conn.packets if p.type != P.NOOP]
         finally:
-            selector.close()
+            for key in list(selector.get_map().values()):
+                selector.unregister(key.fileobj)  # closed sockets must not stay registered
 
-    def _run(self, conn: _ServerConn, packet: Packet) -> bytes:
-        """Run one job; return the packet that reports its outcome."""
+    def _run(self, conn: _ServerConn, packet: Packet) -> bytes | list[bytes]:
+        """Run one job; return the packet that reports its outcome (a large one in parts)."""
         if packet.type == _JOB_ASSIGN_UNIQ:
             handle, name, unique, data = packet.args
             reducer = b""
@@ -418,7 +448,8 @@ class Worker:
         job = Job(conn, handle, name, unique, data, reducer)
         try:
             result = entry[0](job)
-            return request(_WORK_COMPLETE, handle, _to_bytes(result))
+            parts = encode_parts(REQ, _WORK_COMPLETE, handle, _to_bytes(result))
+            return parts[0] if len(parts) == 1 else parts  # large: header, then the data uncopied
         except WorkException as exc:
             return request(P.WORK_EXCEPTION, handle, exc.data)
         except JobFailed:

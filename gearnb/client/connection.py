@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..sockets import tune
 from ..errors import ServerError
-from ..protocol import PRIORITY_NAMES, RES, SUBMIT_TYPE_FOR, Decoder, PacketType, ProtocolError, request
+from ..protocol import PRIORITY_NAMES, REQ, RES, SUBMIT_TYPE_FOR, Decoder, PacketType, ProtocolError, request
+from ..protocol.codec import BIG_PACKET, encode_parts
 from ..protocol.packets import DEFAULT_MAX_PACKET_SIZE, Packet
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def submit_packet(task: Task) -> bytes:
     return request(ptype, task.function, task.unique, task.data)
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(asyncio.BufferedProtocol):
     """Protocol for one server; decisions (retry, failover) are left to its ``owner``."""
 
     def __init__(self, address: str, owner: ClientCore, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> None:
@@ -59,9 +60,17 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         set_nodelay(transport.get_extra_info("socket"))
 
-    def data_received(self, data: bytes) -> None:
+    # asyncio.BufferedProtocol: the loop reads into the Decoder's buffer; a large result is
+    # read straight into its final bytes object.
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(nbytes)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes | int) -> None:
         try:
-            packets = self.decoder.feed(data)
+            packets = self.decoder.buffer_updated(data) if type(data) is int else self.decoder.feed(data)
         except ProtocolError as exc:
             log.error("job server %s sent bad data: %s; reconnecting", self.address, exc)
             self.abort()
@@ -104,7 +113,10 @@ class ClientConnection(asyncio.Protocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self.transport is not None and not self.closed and self._out:
-            self.transport.write(b"".join(self._out))
+            if any(len(part) >= BIG_PACKET for part in self._out):
+                self.transport.writelines(self._out)  # large parts are not joined (copied) first
+            else:
+                self.transport.write(b"".join(self._out))
         self._out.clear()
 
     def abort(self) -> None:
@@ -114,6 +126,12 @@ class ClientConnection(asyncio.Protocol):
     # -- requests -----------------------------------------------------------------------
     def submit(self, task: Task) -> None:
         self.pending.append(task)
+        if len(task.data) >= BIG_PACKET and task.when is None:
+            # Header, function and unique, then the payload itself: not copied into one packet.
+            ptype = SUBMIT_TYPE_FOR[(PRIORITY_NAMES[task.priority], task.background)]
+            for part in encode_parts(REQ, ptype, task.function, task.unique, task.data):
+                self.send(part)
+            return
         self.send(submit_packet(task))
 
     def request(self, ptype: int, *args: bytes) -> asyncio.Future[Packet]:

@@ -12,7 +12,8 @@ import struct
 from typing import TYPE_CHECKING
 
 from ..sockets import tune
-from ..protocol import REQ, Decoder, ProtocolError, response
+from ..protocol import REQ, RES, Decoder, ProtocolError, response
+from ..protocol.codec import BIG_PACKET, encode_parts
 from ..protocol.packets import ARG_COUNT, HEADER_SIZE, AdminLine, PacketType
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ _unpack_header = struct.Struct(">4sII").unpack_from
 HIGH_WATER = 4 * 1024 * 1024
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     __slots__ = (
         "server", "transport", "decoder", "fd", "peer", "client_id", "exceptions",
         "abilities", "timeouts", "sleeping", "noop_sent", "woken_for", "client_jobs",
@@ -66,6 +67,23 @@ class Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=HIGH_WATER)
         self.server.connection_made(self)
 
+    # asyncio.BufferedProtocol: the loop reads into the Decoder's buffer; the last argument
+    # of a large packet (a job's data, a result) is read straight into its final bytes object.
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if not self.decoder.reading_large:
+            self.data_received(self.decoder.read_bytes(nbytes))
+            return
+        try:
+            items = self.decoder.buffer_updated(nbytes)
+        except ProtocolError as exc:
+            self.protocol_error(exc)
+            self.server.flush()
+            return
+        self._handle_items(items)
+
     def data_received(self, data: bytes) -> None:
         if type(data) is bytes and not self.decoder.buffered:
             # The common case - whole binary packets and nothing held over - is parsed here
@@ -83,6 +101,10 @@ class Connection(asyncio.Protocol):
             self.protocol_error(exc)
             server.flush()
             return
+        self._handle_items(items)
+
+    def _handle_items(self, items: list) -> None:
+        server = self.server
         handlers = server.handlers
         for item in items:
             if self.closed:
@@ -174,12 +196,22 @@ class Connection(asyncio.Protocol):
         out.append(data)
 
     def send_packet(self, ptype: int, *args: bytes) -> None:
+        if args and len(args[-1]) >= BIG_PACKET:
+            # Header and leading arguments, then the data itself: not copied into one packet.
+            for part in encode_parts(RES, ptype, *args):
+                self.send(part)
+            return
         self.send(response(ptype, *args))
 
     def flush(self) -> None:
         out = self._out
         if out and self.transport is not None and not self.closed:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            if len(out) == 1:
+                self.transport.write(out[0])
+            elif any(len(part) >= BIG_PACKET for part in out):
+                self.transport.writelines(out)  # large parts are not joined (copied) first
+            else:
+                self.transport.write(b"".join(out))
         out.clear()
 
     def error(self, code: bytes, text: bytes, close: bool = False) -> None:

@@ -14,6 +14,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from ..protocol import NORMAL, RES, PacketType
+from ..protocol.codec import BIG_PACKET
 from .jobs import RUNNING, Job
 
 if TYPE_CHECKING:
@@ -72,6 +73,9 @@ def install(server: JobServer) -> None:
         job.worker = conn
         function.running += 1
         conn.worker_jobs[job] = None
+        if len(job.data) >= BIG_PACKET:  # large: sent in parts, the data not copied
+            conn.send_packet(_JOB_ASSIGN_UNIQ, job.handle, function.name, job.unique, job.data)
+            return
         body = b"\0".join((job.handle, function.name, job.unique, job.data))
         conn.send(_header(RES, _JOB_ASSIGN_UNIQ, len(body)) + body)
 
@@ -79,6 +83,11 @@ def install(server: JobServer) -> None:
         job = jobs.get(args[0])
         if job is None or job.worker is not conn:
             general_complete(conn, args)
+            return
+        if len(args[-1]) >= BIG_PACKET:  # large: sent in parts, the data not copied
+            for client in job.clients:
+                client.send_packet(_WORK_COMPLETE, *args)
+            server._end_job(job)
             return
         body = b"\0".join(args)
         packet = _header(RES, _WORK_COMPLETE, len(body)) + body  # encoded once for every client
