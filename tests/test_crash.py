@@ -35,9 +35,15 @@ def runs_in(directory) -> Counter:
     return counts
 
 
-def logged_double(i, d):
+def logged_double(i, d, gate=None):
+    """Log which process ran task i; the tasks past the gate wait until the gate file exists."""
     import os
+    import time
 
+    if gate is not None:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
     with open(os.path.join(d, str(os.getpid())), "a") as f:
         f.write(f"{i}\n")
     return 2 * i
@@ -45,10 +51,15 @@ def logged_double(i, d):
 
 def test_ten_worker_kills_during_a_10000_task_map(tmp_path):
     n = 10_000
+    runs_dir, gate = tmp_path / "runs", str(tmp_path / "all-kills-done")
+    runs_dir.mkdir()
+    # The last 200 tasks wait for the gate, so the map cannot finish before all ten kills, however
+    # fast the machine (CI once finished the 10,000 tasks in 2 s, after nine kills).
+    gates = [None] * (n - 200) + [gate] * 200
     with gearnb.local(workers=2) as ex:
         result: list = []
         thread = threading.Thread(
-            target=lambda: result.extend(ex.gmap(logged_double, range(n), [str(tmp_path)] * n, chunksize=1)))
+            target=lambda: result.extend(ex.gmap(logged_double, range(n), [str(runs_dir)] * n, gates, chunksize=1)))
         started = time.monotonic()
         thread.start()
         kills = 0
@@ -60,9 +71,10 @@ def test_ten_worker_kills_during_a_10000_task_map(tmp_path):
                 continue
             os.kill(pids[kills % 2], signal.SIGKILL)
             kills += 1
+        open(gate, "w").close()
         thread.join(300)
         elapsed = time.monotonic() - started
-        runs = runs_in(tmp_path)
+        runs = runs_in(runs_dir)
         duplicated = sum(c - 1 for c in runs.values() if c > 1)
         print(f"\nsubmitted {n}, completed {len(result)}, worker kills {kills}, tasks run twice {duplicated}, "
               f"{elapsed:.1f} s")
