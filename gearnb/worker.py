@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from .errors import JobFailed, WorkException
 from .protocol import REQ, RES, Decoder, PacketType, ProtocolError, request
-from .protocol.codec import encode_parts
+from .protocol.codec import BufferList, encode_gathered, encode_parts
 from .protocol.packets import DEFAULT_MAX_PACKET_SIZE, Packet
 from .sockets import tune
 from .servers import ServerSpec, parse_servers, split_address
@@ -448,6 +448,8 @@ class Worker:
         job = Job(conn, handle, name, unique, data, reducer)
         try:
             result = entry[0](job)
+            if isinstance(result, BufferList):  # a large result in pieces (pyexec), sent unjoined
+                return encode_gathered(REQ, _WORK_COMPLETE, handle, last=result)
             parts = encode_parts(REQ, _WORK_COMPLETE, handle, _to_bytes(result))
             return parts[0] if len(parts) == 1 else parts  # large: header, then the data uncopied
         except WorkException as exc:

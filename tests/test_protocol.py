@@ -276,6 +276,25 @@ def test_join_bytes_is_bytes_join(big_packet_mode):
                   [memoryview(big).cast("B", (len(big) // 4, 4))]):
         joined = join_bytes(parts)
         assert type(joined) is bytes and joined == b"".join(parts)
+    for parts in ([b"....", b"x"], [b"....", big, memoryview(big)[3:]]):  # room kept, filled last
+        joined = join_bytes(parts, first=lambda: b"MAC!")
+        assert type(joined) is bytes and joined == b"".join([b"MAC!", *parts[1:]])
+    with pytest.raises(ValueError, match="first"):
+        join_bytes([b"..", big], first=lambda: b"too long")
+
+
+def test_encode_gathered_sends_the_buffers_as_they_are():
+    from gearnb.protocol.codec import BIG_PACKET, BufferList, encode_gathered
+
+    big = bytes(range(256)) * (BIG_PACKET // 256 + 1)
+    last = BufferList([b"GNB1", memoryview(big)[7:], b"", b"tail"])
+    parts = encode_gathered(REQ, PacketType.WORK_COMPLETE, b"H:1", last=last)
+    assert b"".join(parts) == encode(REQ, PacketType.WORK_COMPLETE, b"H:1", b"".join(last))
+    assert parts[2] is last[1]  # not copied
+    packets = Decoder(REQ).feed(b"".join(parts))
+    assert packets[0].args == (b"H:1", b"".join(last))
+    with pytest.raises(ProtocolError):
+        encode_gathered(REQ, PacketType.WORK_COMPLETE, b"H\0:1", last=last)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

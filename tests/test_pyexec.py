@@ -8,6 +8,8 @@ import pytest
 
 import gearnb
 from gearnb.pyexec import envelope
+from gearnb.protocol.codec import BufferList
+from gearnb.pyexec import keys
 from gearnb.pyexec.keys import RefusedPayload, Signer, key_from_text, load_key
 from gearnb.pyexec.runner import PyexecRunner
 from peers import WorkerProcesses, gearnb_server, worker_thread
@@ -47,7 +49,13 @@ def run(payload, function="pyexec", key=KEY):
         failed = False
     except gearnb.WorkException as exc:
         answer, failed = exc.data, True
+    if isinstance(answer, BufferList):  # a large result, in pieces: joined as the wire does
+        answer = b"".join(answer)
     return runner, job, answer, failed
+
+
+def run_pieces(payload, function="pyexec"):
+    return PyexecRunner(KEY, function)(FakeJobForRunner(payload, function))
 
 
 def test_plain_arguments_travel_as_msgpack():
@@ -212,6 +220,9 @@ def test_large_buffers_travel_framed_and_are_read_in_place():
     assert np.array_equal(ones, np.ones(3)) and ones.dtype == np.int8
     assert doubled.flags.aligned and same.flags.aligned
     base = np.frombuffer(answer, dtype=np.uint8)
+    pieces = run_pieces(payload)  # the worker sends the result array's memory, not a copy of it
+    assert isinstance(pieces, BufferList) and any(
+        isinstance(p, memoryview) and p.nbytes == array.nbytes for p in pieces)
     assert np.shares_memory(doubled, base) and np.shares_memory(same, base)  # views, not copies
     # calls and results below FRAME_MIN stay one plain msgpack map (readable anywhere)
     small = call_payload(abs, np.arange(10.0))
@@ -248,3 +259,48 @@ def test_signer_is_hmac_sha256():
             assert signer.mac(b"pyexec", body) == expected
             assert signer.mac_parts(b"pyexec", [body[:3], memoryview(body)[3:]]) == expected
             assert signer.sign_parts(b"pyexec", [body[:3], body[3:]]) == signer.sign(b"pyexec", body)
+
+
+def test_large_bodies_are_maced_over_their_chunk_digests():
+    """From TREE_MIN bytes on, the MAC is HMAC-SHA256 over the SHA-256 digests of the body's
+    TREE_CHUNK pieces (hashed in threads), however the body is cut into parts."""
+    import hashlib
+    import hmac
+
+    rng = np.random.default_rng(3)
+    signer = Signer(KEY)
+    for size in (keys.TREE_MIN - 1, keys.TREE_MIN, keys.TREE_MIN + keys.TREE_CHUNK // 3, 3 * keys.TREE_MIN + 7):
+        body = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        if size < keys.TREE_MIN:
+            message = b"pyexec\0" + body
+        else:
+            digests = b"".join(hashlib.sha256(body[i:i + keys.TREE_CHUNK]).digest()
+                               for i in range(0, size, keys.TREE_CHUNK))
+            message = b"pyexec\0\0tree" + size.to_bytes(8, "big") + digests
+        expected = hmac.new(KEY, message, hashlib.sha256).digest()
+        assert signer.mac(b"pyexec", body) == expected
+        cuts = sorted({0, 5, keys.TREE_CHUNK - 1, keys.TREE_CHUNK, size // 2, size - 3, size})
+        parts = [memoryview(body)[a:b] for a, b in zip(cuts, cuts[1:])]
+        parts.insert(2, b"")  # an empty part changes nothing
+        assert signer.mac_parts(b"pyexec", parts) == expected
+        signed = signer.sign_parts(b"pyexec", parts)
+        assert signed == signer.sign(b"pyexec", body) == b"".join(signer.signed_parts(b"pyexec", parts))
+        assert signer.verify(b"pyexec", signed) == body
+        tampered = bytearray(signed)
+        tampered[len(signed) // 2] ^= 1  # one bit in a middle chunk
+        with pytest.raises(RefusedPayload):
+            signer.verify(b"pyexec", bytes(tampered))
+        with pytest.raises(RefusedPayload):  # replayed to another function
+            Signer(KEY).verify(b"other", signed)
+
+
+def test_sign_parts_is_a_snapshot_of_the_array():
+    """submit() signs and copies its argument at once: changing the array afterwards changes
+    neither the payload nor its validity."""
+    array = np.arange(keys.TREE_MIN // 8 * 2, dtype=np.float64)
+    signer = Signer(KEY)
+    parts = [b"head", memoryview(array).cast("B")]
+    signed = signer.sign_parts(b"pyexec", parts)
+    array[:] = -1
+    body = signer.verify(b"pyexec", signed)
+    assert np.array_equal(np.frombuffer(body[4:], dtype=np.float64), np.arange(array.size, dtype=np.float64))

@@ -7,7 +7,7 @@ read into a :class:`Decoder` and write whatever :func:`encode` returns.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, Callable
 
 from .packets import (
     ARG_COUNT,
@@ -94,6 +94,25 @@ def encode_parts(magic: bytes, ptype: int, *args: bytes) -> list[bytes]:
     head = encode(magic, ptype, *args[:-1], b"")  # checks the arguments; the size is patched
     size = len(head) - HEADER_SIZE + len(args[-1])
     return [_pack_header(magic, ptype, size) + head[HEADER_SIZE:], args[-1]]
+
+
+class BufferList(list):
+    """A packet's last argument given as several buffers that are sent one after the other,
+    never joined (a large signed payload and the array data it carries)."""
+
+    __slots__ = ()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(part.nbytes if isinstance(part, memoryview) else len(part) for part in self)
+
+
+def encode_gathered(magic: bytes, ptype: int, *args: bytes, last: BufferList) -> list[bytes | memoryview]:
+    """:func:`encode_parts` for a last argument given as a :class:`BufferList`: the header and
+    leading arguments in one piece, then the buffers of ``last``, not copied."""
+    head = encode(magic, ptype, *args, b"")  # checks the arguments; the size is patched
+    size = len(head) - HEADER_SIZE + last.nbytes
+    return [_pack_header(magic, ptype, size) + head[HEADER_SIZE:], *last]
 
 
 def encode_packet(packet: Packet) -> bytes:
@@ -494,21 +513,34 @@ def _new_bytes(size: int) -> tuple[bytes, memoryview] | None:
     return _bytes_maker(size)
 
 
-def join_bytes(parts: list[bytes | memoryview]) -> bytes:
-    """``b"".join(parts)``; a large result is made by :func:`_new_bytes` (huge pages)."""
+def join_bytes(parts: list[bytes | memoryview], first: Callable[[], bytes] | None = None) -> bytes:
+    """``b"".join(parts)``; a large result is made by :func:`_new_bytes` (huge pages).
+    With ``first``, ``parts[0]`` only reserves room: it is replaced by ``first()`` (as long),
+    called once the other parts are copied - work done meanwhile in other threads overlaps."""
     total = 0
     for part in parts:
         if type(part) is not bytes and not (
                 type(part) is memoryview and part.format == "B" and part.ndim == 1 and part.c_contiguous):
-            return b"".join(parts)
+            total = -1
+            break
         total += len(part)
     made = _new_bytes(total) if total >= HUGE_PAGES_MIN else None
     if made is None:
-        return b"".join(parts)
+        return b"".join([_first(first, parts), *parts[1:]] if first is not None else parts)
     out, view = made
     pos = 0
     for part in parts:
         view[pos:pos + len(part)] = part
         pos += len(part)
+    if first is not None:
+        head = _first(first, parts)
+        view[:len(head)] = head
     view.release()
     return out
+
+
+def _first(first: Callable[[], bytes], parts: list[bytes | memoryview]) -> bytes:
+    head = first()
+    if len(head) != len(parts[0]):
+        raise ValueError("join_bytes: first() must return as many bytes as parts[0] holds")
+    return head

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from ..errors import WorkException
+from ..protocol.codec import BufferList
 from ..worker import Job
 from . import envelope
 from .keys import RefusedPayload, Signer
@@ -69,7 +70,7 @@ class PyexecRunner:
         self.function_name = function_name.encode()
         self.functions: OrderedDict[bytes, Any] = OrderedDict()
 
-    def __call__(self, job: Job) -> bytes:
+    def __call__(self, job: Job) -> bytes | BufferList:
         name = job.function.encode()
         try:
             body = self.signer.verify(name, job.data)
@@ -95,7 +96,10 @@ class PyexecRunner:
         if not msg.get("ch") and 0 in result[1]:
             # A single call that raised: WORK_EXCEPTION, so Gearman tools see a failure.
             raise WorkException(self.signer.sign_parts(name, result[2]))
-        return self.signer.sign_parts(name, result[2])
+        parts = result[2]
+        # A large result goes out in pieces, its array data not copied: the worker sends it
+        # before anything can change it.
+        return self.signer.signed_parts(name, parts) if len(parts) > 1 else self.signer.sign(name, parts[0])
 
     def _function(self, msg: dict[str, Any]) -> Any:
         digest = msg["fd"]
