@@ -12,7 +12,7 @@ from .api import (
     as_completed, call, connect, default_executor, imap, imap_unordered, local, map, report, shutdown, submit,
     wait,
 )
-from .client import AsyncClient, Client, JobStatus, Task, TaskSet
+from .client import AsyncClient, Client, JobHandle, JobStatus, Task, TaskSet
 from .errors import GearmanError, JobException, JobFailed, NoJobServers, ProtocolError, ServerError, WorkException
 from .executor import Executor, GearnbFuture
 from .pyexec import RefusedPayload, RemoteError, VersionMismatch
@@ -20,7 +20,7 @@ from .worker import Job, Worker
 
 __all__ = [
     "Admin", "AsyncClient", "Client", "Executor", "GearmanError", "GearnbFuture", "Job", "JobException",
-    "JobFailed", "JobStatus", "NoJobServers", "ProtocolError", "RefusedPayload", "RemoteError", "ServerError",
+    "JobFailed", "JobHandle", "JobStatus", "NoJobServers", "ProtocolError", "RefusedPayload", "RemoteError", "ServerError",
     "Task", "TaskSet", "VersionMismatch", "WorkException", "Worker", "__version__", "as_completed", "call",
     "connect", "default_executor", "imap", "imap_unordered", "local", "map", "report", "shutdown", "submit",
     "wait",

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import gearnb
-from peers import wait_until, wait_workers, worker_thread
+from peers import GearmandProcess, wait_until, wait_workers, worker_thread
 
 
 def reverse(job):
@@ -101,6 +101,43 @@ def test_background_and_status(server_address):
         wait_until(lambda: not client.status(handle).known)
     assert client.status(b"H:nope:1") == gearnb.JobStatus(False, False, 0, 0)
     client.close()
+
+
+def test_status_asks_the_server_a_handle_came_from():
+    """Two gearmands on one host hand out the same handles (H:host:1 on both): a handle from
+    do_background remembers its server, so status() does not answer for the other's job."""
+    a, b = GearmandProcess().start(), GearmandProcess().start()
+    gate = threading.Event()
+
+    def slow(job):
+        job.send_status(3, 10)
+        gate.wait(10)
+        return b"ok"
+
+    try:
+        on_a, on_b = gearnb.Client(a.address), gearnb.Client(b.address)
+        handle_a = on_a.do_background("queued-only", b"")
+        handle_b = on_b.do_background("slow", b"")
+        assert bytes(handle_a) == bytes(handle_b)  # the same handle on both servers
+        assert isinstance(handle_b, gearnb.JobHandle) and handle_b.server == b.address
+        both = gearnb.Client([a.address, b.address])
+        with worker_thread(b.address, {"slow": slow}):
+            wait_until(lambda: both.status(handle_b).running)
+            assert both.status(handle_b) == gearnb.JobStatus(True, True, 3, 10)  # b's job
+            assert both.status(bytes(handle_b)) == gearnb.JobStatus(True, False, 0, 0)  # plain bytes: a answers
+            assert both.status(bytes(handle_b), server=b.address).running
+            gate.set()
+            wait_until(lambda: not both.status(handle_b).known)
+        assert both.status(handle_a).known  # still queued on a
+        import pickle
+
+        assert pickle.loads(pickle.dumps(handle_b)).server == b.address
+        for client in (on_a, on_b, both):
+            client.close()
+    finally:
+        gate.set()
+        a.stop()
+        b.stop()
 
 
 def test_priorities(server_address):

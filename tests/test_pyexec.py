@@ -113,6 +113,8 @@ def test_remote_exception_keeps_type_and_traceback():
     # The remote frames, by function name (newer cloudpickle names by-value code
     # "<dynamic-code>", so the source line itself may not be shown).
     assert ", in f\n" in exc.__cause__.tb and "KeyError: 'missing'" in exc.__cause__.tb
+    # it starts at the user's function: gearnb's runner frame is left out
+    assert "runner.py" not in exc.__cause__.tb and exc.__cause__.tb.count("  File ") == 1
 
 
 def test_unpicklable_exception_becomes_remote_error():

@@ -1,6 +1,6 @@
 """The Gearman client: Client, AsyncClient, Task, TaskSet."""
 
 from .client import AsyncClient, Client
-from .task import JobStatus, Task, TaskSet
+from .task import JobHandle, JobStatus, Task, TaskSet
 
-__all__ = ["AsyncClient", "Client", "JobStatus", "Task", "TaskSet"]
+__all__ = ["AsyncClient", "Client", "JobHandle", "JobStatus", "Task", "TaskSet"]

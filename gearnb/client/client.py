@@ -11,7 +11,7 @@ from ..protocol import PacketType
 from ..protocol.packets import DEFAULT_MAX_PACKET_SIZE
 from ..servers import ServerSpec, parse_servers
 from .core import DEFAULT_SUBMIT_TIMEOUT, ClientCore
-from .task import JobStatus, Task, TaskSet
+from .task import JobHandle, JobStatus, Task, TaskSet
 
 P = PacketType
 
@@ -89,22 +89,25 @@ class Client:
 
     def do_background(self, function: str | bytes, data: bytes | str = b"", *,
                       priority: str = "normal", unique: str | bytes | None = None,
-                      when: float | None = None, timeout: float | None = None) -> bytes:
-        """Queue a background job and return its handle (``when``: run at that epoch time)."""
+                      when: float | None = None, timeout: float | None = None) -> JobHandle:
+        """Queue a background job and return its handle (``when``: run at that epoch time);
+        the handle remembers its job server, for :meth:`status`."""
         task = Task(function, data, priority=priority, unique=unique, background=True, when=when)
         self._submit_soon(task)
         if not task._done.wait(timeout):
             raise TimeoutError("the job server did not answer the submit in time")
         task.raise_for_outcome()
         assert task.handle is not None
-        return task.handle
+        return JobHandle(task.handle, task.server)
 
     def task_set(self) -> TaskSet:
         return TaskSet(self)
 
     # -- queries ------------------------------------------------------------------------
     def status(self, handle: bytes | str, server: str | None = None, timeout: float = 10) -> JobStatus:
-        """GET_STATUS: ``JobStatus(known, running, numerator, denominator)``."""
+        """GET_STATUS: ``JobStatus(known, running, numerator, denominator)``. Asks ``server``,
+        else the server a :class:`JobHandle` came from, else each server until one knows it."""
+        server = server or self._core.own_server(getattr(handle, "server", None))
         handle = handle.encode() if isinstance(handle, str) else handle
         return self._io.run(self._core.status(handle, server), timeout)
 
@@ -161,15 +164,15 @@ class AsyncClient:
         await self.wait(task)
         return task.raise_for_outcome() or b""
 
-    async def do_background(self, function: str | bytes, data: bytes | str = b"", **options: Any) -> bytes:
+    async def do_background(self, function: str | bytes, data: bytes | str = b"", **options: Any) -> JobHandle:
         task = self.submit(Task(function, data, background=True, **options))
         await self.wait(task)
         task.raise_for_outcome()
         assert task.handle is not None
-        return task.handle
+        return JobHandle(task.handle, task.server)
 
     async def status(self, handle: bytes, server: str | None = None) -> JobStatus:
-        return await self._core.status(handle, server)
+        return await self._core.status(handle, server or self._core.own_server(getattr(handle, "server", None)))
 
     async def echo(self, data: bytes = b"ping", server: str | None = None) -> bytes:
         return (await self._core.request(server, P.ECHO_REQ, data)).args[0]

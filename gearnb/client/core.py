@@ -227,6 +227,10 @@ class ClientCore:
         task._finish(False)
 
     # -- queries ------------------------------------------------------------------------
+    def own_server(self, address: str | None) -> str | None:
+        """``address`` when it is one of this client's servers, else None."""
+        return address if any(state.address == address for state in self.servers) else None
+
     def _state(self, address: str | None) -> ServerState:
         if address is None:
             return self.servers[0]

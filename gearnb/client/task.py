@@ -34,6 +34,22 @@ class JobStatus(NamedTuple):
     denominator: int
 
 
+class JobHandle(bytes):
+    """A job handle (``b"H:host:42"``, usable wherever bytes are) that remembers the job
+    server it came from, so :meth:`Client.status` asks that server: handles are only unique
+    per server (two gearmands on one host hand out the same ones)."""
+
+    server: str | None
+
+    def __new__(cls, handle: bytes, server: str | None = None) -> JobHandle:
+        self = super().__new__(cls, handle)
+        self.server = server
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return JobHandle, (bytes(self), self.server)
+
+
 def _as_bytes(data: bytes | str | bytearray | memoryview) -> bytes:
     if isinstance(data, str):
         return data.encode()

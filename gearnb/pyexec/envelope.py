@@ -223,8 +223,15 @@ def call_columns(msg: dict[str, Any]) -> list[list[Any]] | None:
 
 
 # -- results -------------------------------------------------------------------------------
-def error_record(exc: BaseException) -> dict[str, Any]:
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+def error_record(exc: BaseException, skip_frames: int = 0) -> dict[str, Any]:
+    """What travels back for ``exc``; ``skip_frames`` leaves out the traceback's outermost
+    frames (the runner's own, which a user reading the remote traceback does not need)."""
+    tb_start = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb_start is None or tb_start.tb_next is None:
+            break
+        tb_start = tb_start.tb_next
+    tb = "".join(traceback.format_exception(type(exc), exc, tb_start))
     record: dict[str, Any] = {"t": f"{type(exc).__module__}.{type(exc).__qualname__}", "m": str(exc), "tb": tb}
     try:
         record["x"] = cloudpickle.dumps(exc, protocol=5)

@@ -134,7 +134,7 @@ class PyexecRunner:
                         values.append(fn(*args, **kwargs))
                     except Exception as exc:  # noqa: BLE001 - goes back to the caller
                         values.append(None)
-                        errors[index] = envelope.error_record(exc)
+                        errors[index] = envelope.error_record(exc, skip_frames=1)  # from the user's function on
             elif len(calls) == 1:  # map(fn, items): the common case, one argument per call
                 append = values.append
                 for index, item in enumerate(calls[0]):
@@ -142,14 +142,14 @@ class PyexecRunner:
                         append(fn(item))
                     except Exception as exc:  # noqa: BLE001 - goes back to the caller
                         append(None)
-                        errors[index] = envelope.error_record(exc)
+                        errors[index] = envelope.error_record(exc, skip_frames=1)  # from the user's function on
             else:
                 for index, args in enumerate(zip(*calls)):
                     try:
                         values.append(fn(*args))
                     except Exception as exc:  # noqa: BLE001 - goes back to the caller
                         values.append(None)
-                        errors[index] = envelope.error_record(exc)
+                        errors[index] = envelope.error_record(exc, skip_frames=1)  # from the user's function on
         finally:
             _current = None
             sys.stdout, sys.stderr = saved
