@@ -1,5 +1,6 @@
 """Process plumbing shared by the benchmarks: children that die with the benchmark, ports,
-waiting for a server. Imported as ``_processes`` (the benchmarks run as ``python bench/X.py``)."""
+starting and waiting for a server, a child's CPU time. Imported as ``_processes`` (the
+benchmarks run as ``python bench/X.py``)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,21 @@ import atexit
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
+import gearnb
 from gearnb.protocol import RES, Decoder, PacketType, request
 
 HERE = Path(__file__).resolve().parent
 P = PacketType
+GEARMAND = shutil.which("gearmand") or "/usr/sbin/gearmand"
 
 
 class BenchError(RuntimeError):
@@ -74,6 +79,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_alive(procs: list[subprocess.Popen], what: str, logdir: Path) -> None:
+    """BenchError if one of ``procs`` has exited: "``what`` exited early" (``what``: "LABEL: a worker")."""
+    for proc in procs:
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited early (status {proc.returncode}); logs in {logdir}")
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -100,3 +112,50 @@ def answers_echo(address: str) -> bool:
                 return False
             for packet in decoder.feed(data):
                 return packet.type == P.ECHO_RES and packet.args[0] == b"ping"
+
+
+# -- job servers -----------------------------------------------------------------------------
+def start_server(kind: str, logdir: Path, gearmand_options: list[str], gearmand_quiet: tuple[str, ...] = (),
+                 gearnb_label: str = "gearnb server") -> tuple[subprocess.Popen, str, str]:
+    """Start ``gearmand`` (in-memory queue, ``gearmand_options`` shown in its label,
+    ``gearmand_quiet`` not) or ``python -m gearnb server`` on a free 127.0.0.1 port and wait
+    until it answers ECHO; returns (process, "host:port", label)."""
+    for _attempt in range(3):  # the free port may be taken between probe and bind
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        if kind == "gearmand":
+            argv = [GEARMAND, "--listen", "127.0.0.1", "--port", str(port), *gearmand_options, *gearmand_quiet,
+                    "--log-file", "none", "--pid-file", str(logdir / f"gearmand-{port}.pid")]
+            label = " ".join(["gearmand", *gearmand_options])
+        else:
+            argv = [sys.executable, "-m", "gearnb", "server", "--host", "127.0.0.1", "--port", str(port)]
+            label = gearnb_label
+        proc = spawn(argv, logdir / f"{kind}-{port}.log")
+        try:
+            wait_until(lambda: answers_echo(address), 15, f"{label} on {address}", proc)
+            return proc, address, label
+        except BenchError:
+            stop(proc)
+    raise BenchError(f"could not start {kind}; see {logdir}")
+
+
+def function_status(address: str, name: str, timeout: float = 10) -> tuple[int, int, int]:
+    """(total, running, workers) of ``name`` in the server's ``status``; zeros if unknown."""
+    with gearnb.Admin(address, timeout=timeout) as admin:
+        for status in admin.status():
+            if status.function == name:
+                return status.total, status.running, status.workers
+    return 0, 0, 0
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a child process so far (Linux /proc; NaN elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return float("nan")

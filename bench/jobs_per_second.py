@@ -25,14 +25,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import signal
 import socket
 import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -47,40 +44,12 @@ from gearnb.protocol import RES, Decoder, PacketType, request  # noqa: E402
 P = PacketType
 FUNCTION = "bench_double"
 FUNCTION_B = FUNCTION.encode()
-GEARMAND = shutil.which("gearmand") or "/usr/sbin/gearmand"
 
 
-from _processes import (  # noqa: E402 - bench/, next to this file
-    BenchError, answers_echo, free_port, spawn, stop, stop_all, wait_until,
+from _harness import check_options, finish, print_table, run_guarded  # noqa: E402 - bench/, next to this file
+from _processes import (  # noqa: E402
+    BenchError, check_alive, cpu_seconds, function_status, spawn, start_server, stop, wait_until,
 )
-
-
-def workers_registered(address: str) -> int:
-    with gearnb.Admin(address, timeout=2) as admin:
-        for status in admin.status():
-            if status.function == FUNCTION:
-                return status.workers
-    return 0
-
-
-def start_server(kind: str, gearmand_threads: int, logdir: Path) -> tuple[subprocess.Popen, str, str]:
-    for _attempt in range(3):  # the free port may be taken between probe and bind
-        port = free_port()
-        address = f"127.0.0.1:{port}"
-        if kind == "gearmand":
-            argv = [GEARMAND, "--listen", "127.0.0.1", "--port", str(port), "--threads", str(gearmand_threads),
-                    "--log-file", "none", "--pid-file", str(logdir / f"gearmand-{port}.pid")]
-            label = f"gearmand --threads {gearmand_threads}"
-        else:
-            argv = [sys.executable, "-m", "gearnb", "server", "--host", "127.0.0.1", "--port", str(port)]
-            label = "gearnb server (uvloop)"
-        proc = spawn(argv, logdir / f"{kind}.log")
-        try:
-            wait_until(lambda: answers_echo(address), 15, f"{label} on {address}", proc)
-            return proc, address, label
-        except BenchError:
-            stop(proc)
-    raise BenchError(f"could not start {kind}; see {logdir}")
 
 
 def start_workers(address: str, count: int, logdir: Path) -> list[subprocess.Popen]:
@@ -90,7 +59,7 @@ def start_workers(address: str, count: int, logdir: Path) -> list[subprocess.Pop
         for proc in procs:
             if proc.poll() is not None:
                 raise BenchError(f"a worker exited with status {proc.returncode}; see {logdir}")
-        return workers_registered(address) >= count
+        return function_status(address, FUNCTION, timeout=2)[2] >= count
 
     wait_until(ready, 20, f"{count} workers on {address}")
     return procs
@@ -280,19 +249,6 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # -- main ------------------------------------------------------------------------------------
-CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a child process so far (Linux /proc; NaN elsewhere)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-
-
 def measured(run: Callable[[], float], server: subprocess.Popen, workers: list[subprocess.Popen]) -> tuple:
     """Run one throughput measurement; also the CPU seconds the server, the workers and
     this process (the client, all its threads) used meanwhile."""
@@ -303,7 +259,8 @@ def measured(run: Callable[[], float], server: subprocess.Popen, workers: list[s
 
 
 def bench_server(kind: str, args: argparse.Namespace, logdir: Path, rows: list, lat_rows: list) -> None:
-    server, address, label = start_server(kind, args.gearmand_threads, logdir)
+    server, address, label = start_server(kind, logdir, ["--threads", str(args.gearmand_threads)],
+                                          gearnb_label="gearnb server (uvloop)")
     workers: list[subprocess.Popen] = []
     try:
         workers = start_workers(address, args.workers, logdir)
@@ -328,9 +285,7 @@ def bench_server(kind: str, args: argparse.Namespace, logdir: Path, rows: list, 
             client_latency(address, 50, args.timeout)
             times = client_latency(address, args.latency_jobs, args.timeout)
             lat_rows.append((label, "gearnb Client.do", times))
-        for proc in [server, *workers]:
-            if proc.poll() is not None:
-                raise BenchError(f"{label}: a process exited early (status {proc.returncode}); logs in {logdir}")
+        check_alive([server, *workers], f"{label}: a process", logdir)
     finally:
         for proc in workers:
             stop(proc)
@@ -360,19 +315,10 @@ def print_tables(args: argparse.Namespace, rows: list, lat_rows: list) -> None:
           f"one client connection; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
     if several:
         print(f"(best of {args.repeat} runs per row, and the median; CPU columns are for the best run)")
-    _print_table(table, right=tuple(range(2, len(head))))
+    print_table(table, right=tuple(range(2, len(head))))
     if len(lat) > 1:
         print(f"\nLatency: {args.latency_jobs} jobs one at a time (submit, wait for WORK_COMPLETE), same workers")
-        _print_table(lat, right=(2, 3, 4, 5))
-
-
-def _print_table(table: list[tuple[str, ...]], right: tuple[int, ...]) -> None:
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for n, row in enumerate(table):
-        cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
-        print(" | ".join(cells).rstrip())
-        if n == 0:
-            print("-+-".join("-" * w for w in widths))
+        print_table(lat, right=(2, 3, 4, 5))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -398,45 +344,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker_child:
         worker_child(args.worker_child)
         return 0
-    kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
+    kinds = check_options(parser, args.servers)
     args.clients = {c.strip() for c in args.clients.split(",") if c.strip()}
     if not args.clients <= {"raw", "taskset", "async"}:
         parser.error("unknown client in --clients (raw, taskset, async)")
-    for kind in kinds:
-        if kind not in ("gearmand", "gearnb"):
-            parser.error(f"unknown server {kind!r} (gearmand or gearnb)")
-    if "gearmand" in kinds and not os.access(GEARMAND, os.X_OK):
-        parser.error(f"gearmand not found ({GEARMAND}); install it or pass --servers gearnb")
     if args.jobs < 1 or args.workers < 1 or args.window < 1:
         parser.error("--jobs, --workers and --window must be at least 1")
-
-    def on_signal(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt if signum == signal.SIGINT else BenchError(f"stopped by signal {signum}")
-
-    def on_alarm(_signum: int, _frame: object) -> None:
-        raise BenchError(f"the whole run took longer than --deadline {args.deadline:g} s")
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(max(1, int(args.deadline)))
     rows: list = []
     lat_rows: list = []
-    logdir = Path(tempfile.mkdtemp(prefix="gearnb-bench-"))
-    try:
+
+    def run(logdir: Path) -> None:
         for kind in kinds:
             bench_server(kind, args, logdir, rows, lat_rows)
-    except (BenchError, KeyboardInterrupt) as exc:
-        stop_all()
-        if rows or lat_rows:
-            print_tables(args, rows, lat_rows)
-        print(f"\nbenchmark aborted: {exc or type(exc).__name__}; logs in {logdir}", file=sys.stderr)
-        return 1
-    finally:
-        signal.alarm(0)
-        stop_all()
-    print_tables(args, rows, lat_rows)
-    shutil.rmtree(logdir, ignore_errors=True)
-    return 0
+
+    logdir, failure = run_guarded(args.deadline, run)
+    if rows or lat_rows or not failure:
+        print_tables(args, rows, lat_rows)
+    return finish(0, failure, logdir)
 
 
 if __name__ == "__main__":

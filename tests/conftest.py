@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from peers import GearmandProcess, gearnb_server
+from peers import GearmandProcess, RawConnection, gearnb_server
 
 
 @pytest.fixture
@@ -32,3 +32,25 @@ def server_address(request):
             yield gearmand.address
         finally:
             gearmand.stop()
+
+
+@pytest.fixture
+def kind(request) -> str:
+    """Which server ``server_address`` is: ``"gearnb"`` or ``"gearmand"``."""
+    callspec = getattr(request.node, "callspec", None)
+    return callspec.params.get("server_address", "gearnb") if callspec else "gearnb"
+
+
+@pytest.fixture
+def connect():
+    """``connect(address)`` opens a RawConnection that is closed after the test."""
+    conns: list[RawConnection] = []
+
+    def make(address: str, **options) -> RawConnection:
+        conn = RawConnection(address, **options)
+        conns.append(conn)
+        return conn
+
+    yield make
+    for conn in conns:
+        conn.close()

@@ -1,0 +1,126 @@
+"""What the job server takes and refuses on a connection, packet by packet: ECHO and OPTION_REQ,
+garbage, size limits, commands it does not expect, results for unknown jobs.
+
+What gearnb does differently from gearmand on purpose: bad input gets an ERROR packet before the
+close, and a 64-byte unique is refused (see server_helpers.py).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+
+import pytest
+
+from gearnb.protocol import PacketType as P
+from peers import RawConnection, gearnb_server
+from server_helpers import F, submit, worker
+
+
+# -- echo and options -------------------------------------------------------------------
+
+def test_echo_keeps_nuls(server_address, connect):
+    c = connect(server_address)
+    for data in (b"", b"\0", b"a\0b\0\0c", bytes(range(256)) * 4096):
+        assert c.call(P.ECHO_REQ, data, reply=P.ECHO_RES) == (data,)
+
+
+def test_option_req(server_address, connect):
+    c = connect(server_address)
+    assert c.call(P.OPTION_REQ, b"bogus", reply=P.ERROR) == (
+        b"UNKNOWN_OPTION", b"Server does not recognize given option")
+    assert c.call(P.OPTION_REQ, b"exceptions", reply=P.OPTION_RES) == (b"exceptions",)
+    c.sync()  # the connection stays usable
+
+
+# -- bad input --------------------------------------------------------------------------
+
+def read_until_closed(conn: RawConnection, timeout: float = 2.0) -> list:
+    """Every packet the server sends before it closes the connection."""
+    packets = []
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            packets.append(conn.recv(max(deadline - time.monotonic(), 0.01)))
+        except (EOFError, ConnectionError):
+            return packets
+        except TimeoutError:
+            raise AssertionError(f"connection still open after {timeout} s; got {packets}") from None
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\0XYZ" + struct.pack(">II", 16, 0),
+    b"\0\xff\xfe\x00garbage!!!!!!!",
+    b"\0REQ" + struct.pack(">II", 999, 0),  # unknown packet type
+])
+def test_garbage_closes_that_connection_only(server_address, connect, kind, garbage):
+    bystander = connect(server_address)
+    bystander.sync()
+    bad = connect(server_address)
+    bad.send_raw(garbage)
+    packets = read_until_closed(bad)
+    if kind == "gearnb":
+        # We say why before closing; gearmand just closes.
+        assert [p.type for p in packets] == [P.ERROR]
+        assert packets[0].args[0] in (b"INVALID_MAGIC", b"INVALID_COMMAND", b"ARGUMENT_TOO_LARGE")
+    else:
+        assert packets == []
+    bystander.sync()
+    assert bystander.call(P.ECHO_REQ, b"still here", reply=P.ECHO_RES) == (b"still here",)
+
+
+def test_oversized_frame(connect):
+    with gearnb_server(max_packet_size=64 * 1024) as server:
+        ok = connect(server.address)
+        big = b"x" * (64 * 1024)
+        assert ok.call(P.ECHO_REQ, big, reply=P.ECHO_RES) == (big,)  # at the limit: fine
+        for size in (64 * 1024 + 1, 0xFFFFFFFF):  # just over, and a 4 GiB size field
+            bad = connect(server.address)
+            bad.send_raw(b"\0REQ" + struct.pack(">II", P.ECHO_REQ, size) + b"x" * 100)
+            packets = read_until_closed(bad)
+            assert [p.type for p in packets] == [P.ERROR]
+            assert packets[0].args[0] == b"ARGUMENT_TOO_LARGE"
+        assert ok.call(P.ECHO_REQ, b"alive", reply=P.ECHO_RES) == (b"alive",)
+
+
+def test_default_max_packet_size_refuses_4_gib(gearnb_address, connect):
+    bad = connect(gearnb_address)
+    bad.send_raw(b"\0REQ" + struct.pack(">II", P.SUBMIT_JOB, 0xFFFFFFFF))
+    packets = read_until_closed(bad)
+    assert [(p.type, p.args[0]) for p in packets] == [(P.ERROR, b"ARGUMENT_TOO_LARGE")]
+
+
+def test_unique_too_large(server_address, connect, kind):
+    c = connect(server_address)
+    w = worker(connect, server_address, F)
+    u63 = bytes(b"0123456789"[i % 10] for i in range(63))
+    h = submit(c, P.SUBMIT_JOB_BG, F, u63, b"x")
+    assert w.call(P.GRAB_JOB_UNIQ, reply=P.JOB_ASSIGN_UNIQ) == (h, F, u63, b"x")
+    assert c.call(P.SUBMIT_JOB, F, u63 + b"ab", b"x", reply=P.ERROR) == (
+        b"ARGUMENT_TOO_LARGE", b"Unique value too large")
+    assert c.call(P.SUBMIT_JOB_BG, F, b"u" * 200, b"x", reply=P.ERROR)[0] == b"ARGUMENT_TOO_LARGE"
+    if kind == "gearnb":
+        # gearmand takes 64 bytes but cuts the unique to 63 and puts a NUL before the data.
+        assert c.call(P.SUBMIT_JOB, F, u63 + b"a", b"x", reply=P.ERROR)[0] == b"ARGUMENT_TOO_LARGE"
+    c.sync()  # the connection stays open
+    w.call(P.GRAB_JOB, reply=P.NO_JOB)
+
+
+@pytest.mark.parametrize("ptype, args", [
+    (P.ALL_YOURS, ()),
+    (P.SUBMIT_JOB_SCHED, (F, b"", b"1", b"2", b"3", b"4", b"5", b"data")),
+    (P.NOOP, ()),
+    (P.JOB_CREATED, (b"H:x:1",)),
+])
+def test_command_not_expected_keeps_the_connection(server_address, connect, ptype, args):
+    c = connect(server_address)
+    assert c.call(ptype, *args, reply=P.ERROR) == (b"INVALID_COMMAND", b"Command not expected")
+    c.sync()
+
+
+def test_result_for_unknown_job(server_address, connect):
+    w = connect(server_address)
+    for ptype, args in ((P.WORK_COMPLETE, (b"H:x:1", b"r")), (P.WORK_FAIL, (b"H:x:1",)),
+                        (P.WORK_DATA, (b"H:x:1", b"d")), (P.WORK_STATUS, (b"H:x:1", b"1", b"2"))):
+        assert w.call(ptype, *args, reply=P.ERROR)[0] == b"JOB_NOT_FOUND"
+    w.sync()
