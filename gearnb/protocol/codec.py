@@ -96,6 +96,11 @@ def encode_parts(magic: bytes, ptype: int, *args: bytes) -> list[bytes]:
     return [_pack_header(magic, ptype, size) + head[HEADER_SIZE:], args[-1]]
 
 
+def nbytes(part: bytes | memoryview) -> int:
+    """The size of a buffer in bytes (``len`` of a memoryview counts items, not bytes)."""
+    return part.nbytes if isinstance(part, memoryview) else len(part)
+
+
 class BufferList(list):
     """A packet's last argument given as several buffers that are sent one after the other,
     never joined (a large signed payload and the array data it carries)."""
@@ -104,7 +109,7 @@ class BufferList(list):
 
     @property
     def nbytes(self) -> int:
-        return sum(part.nbytes if isinstance(part, memoryview) else len(part) for part in self)
+        return sum(map(nbytes, self))
 
 
 def encode_gathered(magic: bytes, ptype: int, *args: bytes, last: BufferList) -> list[bytes | memoryview]:

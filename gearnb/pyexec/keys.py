@@ -15,7 +15,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence, Union
 
-from ..protocol.codec import BufferList, join_bytes
+from ..protocol.codec import BufferList, join_bytes, nbytes
 
 MAGIC = b"GNB1"  # marks a signed pyexec payload: MAGIC + 32-byte MAC + msgpack body
 MAC_SIZE = 32
@@ -101,14 +101,13 @@ class Signer:
         if len(parts) == 1 and len(parts[0]) < 4096:
             inner.update(function + b"\0" + parts[0])  # one update: small bodies (most)
             return inner
-        total = sum(_nbytes(part) for part in parts)
+        total = sum(map(nbytes, parts))
         if total >= TREE_MIN:
             inner.update(function + b"\0" + _TREE_MARK + total.to_bytes(8, "big"))
             return _chunk_digests(parts, total, inner)
-        else:
-            inner.update(function + b"\0")
-            for part in parts:
-                inner.update(part)
+        inner.update(function + b"\0")
+        for part in parts:
+            inner.update(part)
         return inner
 
     def _finish(self, inner) -> bytes:
@@ -149,10 +148,9 @@ class Signer:
         return body
 
 
-def _nbytes(part: Buffer) -> int:
-    return part.nbytes if isinstance(part, memoryview) else len(part)
-
-
+# Threads that hash the chunks: at least two, so the caller's copy of a payload overlaps with
+# its hashing even on one core's worth of CPU.
+_POOL_SIZE = max(2, os.cpu_count() or 2)
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0
 _pool_lock = threading.Lock()
@@ -162,7 +160,7 @@ def _hash_pool() -> ThreadPoolExecutor:
     global _pool, _pool_pid
     with _pool_lock:
         if _pool is None or _pool_pid != os.getpid():  # a forked child gets its own threads
-            _pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="gearnb-mac")
+            _pool = ThreadPoolExecutor(max_workers=_POOL_SIZE, thread_name_prefix="gearnb-mac")
             _pool_pid = os.getpid()
         return _pool
 
@@ -173,7 +171,7 @@ def _chunk_digests(parts: Sequence[Buffer], total: int, inner) -> Callable[[], A
     views = [memoryview(part).cast("B") for part in parts]
     pool = _hash_pool()
     chunks = -(-total // TREE_CHUNK)
-    runs = min(pool._max_workers, chunks)  # noqa: SLF001 - the size the pool was made with
+    runs = min(_POOL_SIZE, chunks)
     bounds = [chunks * i // runs * TREE_CHUNK for i in range(runs + 1)]
     futures = [pool.submit(_hash_run, views, start, min(stop, total)) for start, stop in zip(bounds, bounds[1:])]
 
