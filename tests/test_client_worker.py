@@ -280,3 +280,15 @@ def test_no_server_gives_clear_error():
         client.do("x", b"")
     assert "gearnb server" in str(info.value)
     client.close()
+
+
+def test_task_that_cannot_be_submitted_runs_on_fail():
+    client = gearnb.Client("127.0.0.1:1", submit_timeout=0.3)
+    events = []
+    task = gearnb.Task("x", b"").on_fail(lambda: events.append("fail")).on_complete(events.append)
+    taskset = gearnb.TaskSet(client)
+    taskset.add(task)
+    assert taskset.wait(10)
+    assert events == ["fail"]
+    assert isinstance(task.error, gearnb.NoJobServers) and not task.successful
+    client.close()

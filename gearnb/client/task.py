@@ -170,6 +170,10 @@ class Task:
     def _finish(self, successful: bool, error: BaseException | None = None) -> None:
         if self.finished:
             return
+        if error is not None:
+            # Never submitted, or refused (NoJobServers, the server's ERROR): on_fail runs as
+            # for WORK_FAIL, as libgearman's fail callback does; ``task.error`` says why.
+            self._emit("fail")
         self.finished = True
         self.successful = successful
         self.error = error

@@ -77,6 +77,7 @@ class JobServer:
             self.handlers[ptype] = self._submit_handler(ptype)
         fast_paths.install(self)
         self._flush_scheduled = False
+        self._call_soon: Callable[..., object] | None = None  # the serving loop's call_soon
 
     # -- plumbing -----------------------------------------------------------------------
     def flush(self) -> None:
@@ -97,7 +98,12 @@ class JobServer:
         connections' packets cause to one peer leave in one write."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+            call_soon = self._call_soon
+            if call_soon is None:
+                # Kept: asyncio.get_running_loop() costs a getpid() system call on every
+                # call (CPython checks for a fork), one per turn of the loop under load.
+                call_soon = self._call_soon = asyncio.get_running_loop().call_soon
+            call_soon(self._scheduled_flush)
 
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False
