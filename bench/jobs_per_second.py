@@ -44,6 +44,15 @@ from gearnb.protocol import RES, Decoder, PacketType, request  # noqa: E402
 P = PacketType
 FUNCTION = "bench_double"
 FUNCTION_B = FUNCTION.encode()
+GEARNB_LABEL = "gearnb server (uvloop)"
+# gearmand's own default for --threads (gearmand --help: "Default=4"); Debian runs it so.
+GEARMAND_DEFAULT_THREADS = 4
+# The targets of the Gearman-layer issue: gearnb client + workers through gearmand at least
+# 10,000 jobs/s, through the gearnb server at least 0.7x that, one-at-a-time p50 <= 250 us.
+TARGET_JOBS_PER_SECOND = 10_000
+TARGET_RATIO = 0.7
+TARGET_P50_SECONDS = 250e-6
+CLIENT_NAMES = {"raw": "raw socket", "taskset": "gearnb Client+TaskSet", "async": "gearnb AsyncClient"}
 
 
 from _harness import check_options, finish, print_table, run_guarded  # noqa: E402 - bench/, next to this file
@@ -258,9 +267,12 @@ def measured(run: Callable[[], float], server: subprocess.Popen, workers: list[s
     return (seconds, *(a - b for a, b in zip(after, before)))
 
 
-def bench_server(kind: str, args: argparse.Namespace, logdir: Path, rows: list, lat_rows: list) -> None:
-    server, address, label = start_server(kind, logdir, ["--threads", str(args.gearmand_threads)],
-                                          gearnb_label="gearnb server (uvloop)")
+def bench_server(kind: str, args: argparse.Namespace, logdir: Path, rows: list, lat_rows: list,
+                 gearmand_threads: int = 0) -> None:
+    server, address, label = start_server(kind, logdir, ["--threads", str(gearmand_threads)],
+                                          gearnb_label=GEARNB_LABEL)
+    if kind == "gearmand" and gearmand_threads == GEARMAND_DEFAULT_THREADS:
+        label += " (its default)"
     workers: list[subprocess.Popen] = []
     try:
         workers = start_workers(address, args.workers, logdir)
@@ -277,7 +289,7 @@ def bench_server(kind: str, args: argparse.Namespace, logdir: Path, rows: list, 
         for key, name, run in clients:
             if key in args.clients:
                 runs = [measured(run, server, workers) for _ in range(args.repeat)]
-                rows.append((label, name, args.jobs, runs))
+                rows.append((label, name, args.jobs, runs, key))
         if args.latency_jobs:
             raw_latency(address, 50, args.timeout)  # warm-up
             times = raw_latency(address, args.latency_jobs, args.timeout)
@@ -299,7 +311,7 @@ def print_tables(args: argparse.Namespace, rows: list, lat_rows: list) -> None:
         head.append("median jobs/s")
     head += ["CPU us/job: server", "workers", "client"]
     table = [tuple(head)]
-    for label, client, jobs, runs in rows:
+    for label, client, jobs, runs, _key in rows:
         best = min(runs)  # the fastest run; its CPU columns
         seconds, server_cpu, workers_cpu, client_cpu = best
         row = [label, client, str(jobs), f"{seconds:.3f}", f"{jobs / seconds:,.0f}"]
@@ -319,6 +331,33 @@ def print_tables(args: argparse.Namespace, rows: list, lat_rows: list) -> None:
     if len(lat) > 1:
         print(f"\nLatency: {args.latency_jobs} jobs one at a time (submit, wait for WORK_COMPLETE), same workers")
         print_table(lat, right=(2, 3, 4, 5))
+    print_targets(rows, lat_rows)
+
+
+def print_targets(rows: list, lat_rows: list) -> None:
+    """The gearnb server's best jobs/s over each gearmand's, per client, and the targets."""
+    best = {(label, key): jobs / min(runs)[0] for label, _client, jobs, runs, key in rows}
+    keys = [k for k in CLIENT_NAMES if (GEARNB_LABEL, k) in best]
+    gearmands = sorted({label for label, _ in best if label.startswith("gearmand")})
+    if keys and gearmands:
+        table = [("gearnb server jobs/s over", *(CLIENT_NAMES[k] for k in keys))]
+        for label in gearmands:
+            table.append((label, *(f"{best[(GEARNB_LABEL, k)] / best[(label, k)]:.2f}x"
+                                   if (label, k) in best else "-" for k in keys)))
+        print(f"\nRatio of best runs (target: {TARGET_RATIO}x or more for the gearnb clients)")
+        print_table(table, right=tuple(range(1, len(keys) + 1)))
+    for label, client, times in lat_rows:
+        if label == GEARNB_LABEL and client == "gearnb Client.do":
+            p50 = percentile(times, 50)
+            verdict = "PASS" if p50 <= TARGET_P50_SECONDS else "MISS"
+            print(f"gearnb Client.do through the gearnb server: p50 {p50 * 1e6:.0f} us "
+                  f"(target <= {TARGET_P50_SECONDS * 1e6:.0f} us) {verdict}")
+    for label in gearmands:
+        rates = [best[(label, k)] for k in ("taskset", "async") if (label, k) in best]
+        if rates:
+            verdict = "PASS" if max(rates) >= TARGET_JOBS_PER_SECOND else "MISS"
+            print(f"gearnb client + workers through {label}: {max(rates):,.0f} jobs/s "
+                  f"(target >= {TARGET_JOBS_PER_SECOND:,}) {verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,8 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", default="gearmand,gearnb", help="which servers, in order (default both)")
     parser.add_argument("--clients", default="raw,taskset,async",
                         help="which throughput clients: raw, taskset, async (default all three)")
-    parser.add_argument("--gearmand-threads", type=int, default=0,
-                        help="gearmand --threads (default 0: one thread does I/O and processing, the fastest here)")
+    parser.add_argument("--gearmand-threads", default=f"0,{GEARMAND_DEFAULT_THREADS}",
+                        help="gearmand --threads settings, each measured (default '0,4': one thread doing I/O "
+                             "and processing, the fastest here; and gearmand's own default, 4 I/O threads)")
     parser.add_argument("--timeout", type=float, default=120, help="limit for each measurement, s (default 120)")
     parser.add_argument("--deadline", type=float, default=900, help="limit for the whole run, s (default 900)")
     parser.add_argument("--worker-child", metavar="ADDRESS", help=argparse.SUPPRESS)
@@ -353,9 +393,15 @@ def main(argv: list[str] | None = None) -> int:
     rows: list = []
     lat_rows: list = []
 
+    try:
+        threads = [int(t) for t in args.gearmand_threads.split(",") if t.strip()]
+    except ValueError:
+        parser.error("--gearmand-threads takes numbers, such as 0,4")
+
     def run(logdir: Path) -> None:
         for kind in kinds:
-            bench_server(kind, args, logdir, rows, lat_rows)
+            for count in threads if kind == "gearmand" else [0]:
+                bench_server(kind, args, logdir, rows, lat_rows, gearmand_threads=count)
 
     logdir, failure = run_guarded(args.deadline, run)
     if rows or lat_rows or not failure:

@@ -42,7 +42,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _local(args: argparse.Namespace) -> int:
     import signal
-    import threading
+    import time
 
     from .cluster import LocalCluster
 
@@ -60,10 +60,13 @@ def _local(args: argparse.Namespace) -> int:
     else:
         print(f"    import gearnb; gearnb.connect({cluster.address!r}, key={cluster.key.hex()!r})")
     print("Ctrl-C stops it.", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # A plain flag polled, not a threading.Event: Event.set() in a signal handler can deadlock
+    # when a second SIGTERM arrives while the first handler holds the Event's lock.
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     try:
-        stop.wait()
+        while not stopping:
+            time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     finally:

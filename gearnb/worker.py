@@ -235,7 +235,10 @@ class Worker:
         self.exception_packets = exception_packets
         self.functions: dict[bytes, tuple[Callable[[Job], Any], int | None]] = {}
         self._conns = [_ServerConn(a, max_packet_size, ssl) for a in self.servers]
-        self._stop = threading.Event()
+        # A plain flag, not a threading.Event: stop() runs in signal handlers, and Event.set()
+        # takes a lock that a second SIGTERM arriving inside the first handler would wait on
+        # forever (the same thread holds it).
+        self._stopping = False
         # stop() writes to this pair to wake a sleeping work(); made by work() and closed when
         # it returns, so Workers that come and go do not leak descriptors.
         self._wake_r: socket.socket | None = None
@@ -276,13 +279,14 @@ class Worker:
 
     # -- running ------------------------------------------------------------------------
     def stop(self) -> None:
-        """Ask :meth:`work` to return after the current job (safe from any thread)."""
-        self._stop.set()
+        """Ask :meth:`work` to return after the current job (safe from any thread, and from
+        signal handlers)."""
+        self._stopping = True
         wake = self._wake_w
         if wake is not None:
             try:
                 wake.send(b"x")
-            except OSError:  # work() has just closed it
+            except OSError:  # full (it is non-blocking: many signals), or work() has just closed it
                 pass
 
     def work(self, max_jobs: int | None = None) -> None:
@@ -295,10 +299,11 @@ class Worker:
             raise ValueError("register at least one function before calling work()")
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             def on_interrupt(signum: int, frame: Any) -> None:
-                if self._stop.is_set():
+                if self._stopping:
                     raise KeyboardInterrupt
                 log.warning("stopping after the current job (Ctrl-C again to interrupt it)")
                 self.stop()
@@ -309,7 +314,7 @@ class Worker:
             self._loop(max_jobs)
         finally:
             # Cleared here, not on entry: a stop() that came before work() started still counts.
-            self._stop.clear()
+            self._stopping = False
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             wake_r, wake_w = self._wake_r, self._wake_w
@@ -343,13 +348,13 @@ class Worker:
 
     def _loop(self, max_jobs: int | None) -> None:
         grab = request(P.GRAB_JOB_UNIQ)
-        while not self._stop.is_set():
+        while not self._stopping:
             live = self._ensure_connected()
             did_work = False
             for conn in live:
                 # With one server, keep taking jobs while it has them.
                 pending = grab
-                while not self._stop.is_set():
+                while not self._stopping:
                     try:
                         conn.send(pending)
                         reply = conn.next_reply()
@@ -365,7 +370,7 @@ class Worker:
                     result = self._run(conn, reply)
                     self.jobs_done += 1
                     if max_jobs is not None and self.jobs_done >= max_jobs:
-                        self._stop.set()
+                        self._stopping = True
                     if type(result) is list:  # a large result: its parts, not joined
                         try:
                             conn.send_parts(result)
@@ -373,7 +378,7 @@ class Worker:
                             conn.drop(str(exc))
                             break
                         result = b""
-                    if self._stop.is_set() or len(live) > 1:
+                    if self._stopping or len(live) > 1:
                         # Several servers: one job from each in turn, so none is starved
                         # while another has a long queue.
                         try:
@@ -384,7 +389,7 @@ class Worker:
                         break
                     # One server: the result and the next grab leave in one write.
                     pending = result + grab
-            if did_work or self._stop.is_set():
+            if did_work or self._stopping:
                 continue
             self._sleep(live)
 

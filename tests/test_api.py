@@ -89,11 +89,26 @@ def test_print_comes_back_marked(executor, capsys):
 
     assert executor.submit(chatty, 7).result(30) == 7
     assert executor.gmap(chatty, [1, 2], chunksize=1) == [1, 2]
-    time.sleep(0.3)  # output arrives on the I/O thread, possibly just after the result
-    out = capsys.readouterr()
-    assert "[chatty] working on 7" in out.out
-    assert "[chatty #0] working on 1" in out.out and "[chatty #1] working on 2" in out.out
-    assert "[chatty] a warning" in out.err
+    # Output arrives on the I/O thread, possibly just after the result: wait for all of it
+    # rather than for a guessed time (a fixed sleep assumed how fast that thread runs).
+    expected_out = ["[chatty] working on 7", "[chatty #0] working on 1", "[chatty #1] working on 2"]
+    expected_err = ["[chatty] a warning"]
+    out, err = "", ""
+
+    def everything_printed() -> bool:
+        nonlocal out, err
+        captured = capsys.readouterr()
+        out, err = out + captured.out, err + captured.err
+        return all(line in out for line in expected_out) and all(line in err for line in expected_err)
+
+    try:
+        wait_until(everything_printed, timeout=10)
+    except AssertionError:
+        pass  # the asserts below say what is missing
+    for line in expected_out:
+        assert line in out, out
+    for line in expected_err:
+        assert line in err, err
 
 
 def test_report_sends_status(executor):
@@ -162,7 +177,12 @@ def test_cancel_drops_a_queued_job(executor, server_address, tmp_path):
     marker = tmp_path / "ran"
     blockers = [executor.submit(time.sleep, 1.5) for _ in range(2)]  # both workers busy
     wait_until(lambda: all(f.handle for f in blockers))
-    time.sleep(0.3)
+
+    def running() -> int:
+        with gearnb.Admin(server_address) as admin:
+            return sum(s.running for s in admin.status() if s.function == "pyexec")
+
+    wait_until(lambda: running() == 2)  # both taken by a worker, not merely queued
     queued = executor.submit(marker.write_text, "x")
     assert queued.cancel()
     assert queued.cancelled()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -122,7 +127,8 @@ def test_status_asks_the_server_a_handle_came_from():
         assert isinstance(handle_b, gearnb.JobHandle) and handle_b.server == b.address
         both = gearnb.Client([a.address, b.address])
         with worker_thread(b.address, {"slow": slow}):
-            wait_until(lambda: both.status(handle_b).running)
+            # Running comes with JOB_ASSIGN, the 3/10 with the worker's WORK_STATUS just after it.
+            wait_until(lambda: both.status(handle_b).numerator == 3)
             assert both.status(handle_b) == gearnb.JobStatus(True, True, 3, 10)  # b's job
             assert both.status(bytes(handle_b)) == gearnb.JobStatus(True, False, 0, 0)  # plain bytes: a answers
             assert both.status(bytes(handle_b), server=b.address).running
@@ -292,3 +298,53 @@ def test_task_that_cannot_be_submitted_runs_on_fail():
     assert events == ["fail"]
     assert isinstance(task.error, gearnb.NoJobServers) and not task.successful
     client.close()
+
+
+
+NESTED_SIGTERM_WORKER = textwrap.dedent("""
+    import os, signal, sys, time, gearnb
+
+    seen = set()
+
+    def tracer(frame, event, arg):
+        # Another SIGTERM at each Python line run from here on, the first time it runs: a
+        # signal arrives inside the handler of the previous one, at every line of it.
+        if event == "line" and len(seen) < 1000:
+            where = (frame.f_code, frame.f_lineno)
+            if where not in seen:
+                seen.add(where)
+                os.kill(os.getpid(), signal.SIGTERM)
+        return tracer
+
+    def job(j):
+        sys.settrace(tracer)  # traces the frames started from here: work()'s SIGTERM handler
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)  # the handler runs here, and the handlers of the signals sent in it
+        sys.settrace(None)
+        return b"done"
+
+    worker = gearnb.Worker(sys.argv[1])
+    worker.register("nested-sigterm", job)
+    print("ready", flush=True)
+    worker.work()
+    print("stopped", flush=True)
+""")
+
+
+def test_worker_stops_on_sigterms_arriving_inside_its_sigterm_handler(gearnb_address):
+    """SIGTERM upon SIGTERM (a process group signalled by several parties at once, as when
+    Jupyter shuts a kernel down): the worker finishes its job and stops. Its handler used to
+    take a lock (threading.Event.set), and a second signal arriving inside the first handler
+    waited forever for that lock, held by the same thread."""
+    proc = subprocess.Popen([sys.executable, "-c", NESTED_SIGTERM_WORKER, gearnb_address],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        client = gearnb.Client(gearnb_address)
+        assert client.do("nested-sigterm", b"", timeout=30) == b"done"
+        client.close()
+        assert proc.wait(15) in (0, -signal.SIGTERM)  # a deadlocked worker fails here
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -6,8 +6,10 @@ import io
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 from gearnb.progress import ProgressTracker, describe, make_progress
+from gearnb.progress import tracker as tracker_module
 from gearnb.progress.text import TextView
 
 
@@ -23,7 +25,11 @@ class Recording:
         self.closed = snapshot
 
 
-def test_tracker_counts_and_throttles():
+def test_tracker_counts_and_throttles(monkeypatch):
+    # The tracker's clock is ours: how long the loop below takes (a loaded machine may stop this
+    # thread for a tenth of a second in it) must not change how many redraws are counted.
+    now = [1000.0]
+    monkeypatch.setattr(tracker_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
     view = Recording()
     tracker = ProgressTracker(view, total=10, label="f", workers=2)
     tracker.submitted(10)
@@ -31,8 +37,16 @@ def test_tracker_counts_and_throttles():
     tracker.finished(3, failed=1)
     tracker.tick(force=True)
     for _ in range(100):
-        tracker.tick()  # throttled: at most ~10 a second
-    assert len(view.drawn) <= 2
+        tracker.tick()  # throttled: at most 10 a second
+        now[0] += 0.0005  # 100 ticks in 50 ms
+    assert len(view.drawn) == 1
+    now[0] += 0.049  # a tenth of a second after the first draw, less a millisecond
+    tracker.tick()
+    assert len(view.drawn) == 1
+    now[0] += 0.002  # past it: the next tick draws again
+    tracker.tick()
+    tracker.tick()
+    assert len(view.drawn) == 2
     s = view.drawn[0]
     assert (s.done, s.failed, s.total, s.in_flight, s.running, s.queued) == (3, 1, 10, 7, 2, 5)
     assert s.tasks == [("?", 1, 4)]

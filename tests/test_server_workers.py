@@ -310,9 +310,12 @@ def test_coalesced_job_survives_while_one_client_remains(server_address, connect
     c1, c2 = connect(server_address), connect(server_address)
     h = submit(c1, P.SUBMIT_JOB, F, b"shared", b"x")
     assert submit(c2, P.SUBMIT_JOB, F, b"shared", b"x") == h
+    admin = connect(server_address)
     c1.close()
+    # The server has seen c1 go (c2 and this admin connection are left, plus the "." line)
+    # before a worker asks: a fixed pause only hoped so.
+    wait_until(lambda: admin.command("workers", multiline=True).count(b"\n") == 3, timeout=3)
     c2.sync()
-    time.sleep(0.1)
     w = worker(connect, server_address, F)
     assert w.call(P.GRAB_JOB, reply=P.JOB_ASSIGN)[0] == h
     w.send(P.WORK_COMPLETE, h, b"r")
