@@ -101,11 +101,20 @@ def test_server_killed_mid_map_fails_over(tmp_path):
 
             thread = threading.Thread(target=lambda: result.extend(ex.gmap(slow_double, range(n), chunksize=1)))
             thread.start()
-            time.sleep(0.5)
+
+            def jobs_on_a() -> int:
+                with gearnb.Admin(a.address) as admin:
+                    return sum(s.total for s in admin.status())
+
+            # Kill it while it holds jobs of the map (queued or running), so that the map
+            # must fail over to finish; not after a fixed sleep, which a fast machine outruns.
+            on_a = wait_until(jobs_on_a, timeout=60, interval=0.005)
+            assert thread.is_alive()
             a.stop(signal.SIGKILL)
             thread.join(120)
             ex.shutdown(wait=False)
-            print(f"\nsubmitted {n}, completed {len(result)} after one of two servers was killed")
+            print(f"\nsubmitted {n}, completed {len(result)} after one of two servers was killed "
+                  f"holding {on_a} of its jobs")
             assert result == [2 * i for i in range(n)]
     finally:
         a.stop()
