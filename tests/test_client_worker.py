@@ -49,6 +49,43 @@ def test_do_and_exceptions(server_address):
         client.close()
 
 
+
+def test_worker_woken_for_one_job_still_drains_a_burst(server_address):
+    """A worker woken for a single job reports its result together with PRE_SLEEP (the queue
+    was empty). Jobs queued while it ran must still be taken at once: the server answers that
+    PRE_SLEEP with a NOOP (gearmand and gearnb alike), not after the worker's 30 s poll."""
+    started = threading.Event()
+    release = threading.Event()
+    seen = []
+
+    def job(j):
+        seen.append(j.data)
+        if j.data == b"first":
+            started.set()
+            release.wait(10)
+        return j.data
+
+    with worker_thread(server_address, {"burst": job}):
+        client = gearnb.Client(server_address)
+        assert client.do("burst", b"warm-up") == b"warm-up"  # the worker sleeps between jobs
+        time.sleep(0.2)
+        first = gearnb.TaskSet(client)
+        first.add(gearnb.Task("burst", b"first"))
+        assert started.wait(10)
+        rest = gearnb.TaskSet(client)
+        tasks = [rest.add(gearnb.Task("burst", b"%d" % i)) for i in range(50)]
+        def queued() -> int:
+            with gearnb.Admin(server_address) as admin:
+                return sum(s.total for s in admin.status() if s.function == "burst")
+
+        wait_until(lambda: queued() == 51)  # the first job runs, 50 are queued meanwhile
+        release.set()
+        # Well within the worker's SLEEP_POLL (30 s), which is all that would wake it otherwise.
+        assert first.wait(10) and rest.wait(10)
+        assert [t.result for t in tasks] == [b"%d" % i for i in range(50)]
+        client.close()
+
+
 def test_callbacks_status_data_warning(server_address):
     with worker_thread(server_address, {"chatty": chatty}):
         client = gearnb.Client(server_address)
