@@ -42,7 +42,6 @@ _NOOP, _ERROR, _NO_JOB = int(P.NOOP), int(P.ERROR), int(P.NO_JOB)
 _JOB_ASSIGN_UNIQ, _JOB_ASSIGN_ALL = int(P.JOB_ASSIGN_UNIQ), int(P.JOB_ASSIGN_ALL)
 _ASSIGN_TYPES = frozenset((P.JOB_ASSIGN_UNIQ, P.JOB_ASSIGN, P.JOB_ASSIGN_ALL))
 _WORK_COMPLETE = int(P.WORK_COMPLETE)
-_PRE_SLEEP_PACKET = request(P.PRE_SLEEP)
 
 
 class Job:
@@ -121,9 +120,6 @@ class _ServerConn:
         self.failures = 0
         self.retry_at = 0.0
         self.sleeping = False
-        # The job in hand was taken after a NOOP woke us: the queue had been empty, so it most
-        # likely is again, and the result goes out with PRE_SLEEP instead of a GRAB_JOB.
-        self.woken = False
         self.lock = threading.Lock()  # job.send_* may be called from the job's own threads
 
     def connect(self, hello: bytes) -> bool:
@@ -355,7 +351,6 @@ class Worker:
         while not self._stopping:
             live = self._ensure_connected()
             did_work = False
-            presleep_sent: _ServerConn | None = None
             for conn in live:
                 # With one server, keep taking jobs while it has them.
                 pending = grab
@@ -366,7 +361,6 @@ class Worker:
                     except (OSError, ProtocolError, ConnectionError) as exc:
                         conn.drop(str(exc))
                         break
-                    woken, conn.woken = conn.woken, False
                     if reply.type == _NO_JOB:
                         break
                     if reply.type not in _ASSIGN_TYPES:
@@ -393,26 +387,14 @@ class Worker:
                         except OSError as exc:
                             conn.drop(str(exc))
                         break
-                    if woken:
-                        # Jobs come one at a time: report and sleep in one write. A GRAB_JOB
-                        # would most likely get NO_JOB, and PRE_SLEEP after it: a round trip
-                        # per job saved. Were more jobs queued, the server answers NOOP at once.
-                        try:
-                            conn.send(result + _PRE_SLEEP_PACKET)
-                        except OSError as exc:
-                            conn.drop(str(exc))
-                            break
-                        presleep_sent = conn
-                        break
-                    # One server, jobs queued: the result and the next grab leave in one write.
+                    # One server: the result and the next grab leave in one write.
                     pending = result + grab
-            if self._stopping or (did_work and presleep_sent is None):
+            if did_work or self._stopping:
                 continue
-            self._sleep(live, presleep_sent)
+            self._sleep(live)
 
-    def _sleep(self, live: list[_ServerConn], presleep_sent: _ServerConn | None = None) -> None:
-        """PRE_SLEEP everywhere (except ``presleep_sent``, which has had it with its last
-        result), then wait for a NOOP (or a server to retry, or stop())."""
+    def _sleep(self, live: list[_ServerConn]) -> None:
+        """PRE_SLEEP everywhere, then wait for a NOOP (or a server to retry, or stop())."""
         # One selector for the worker's life: a new one per sleep costs epoll_create, two
         # epoll_ctl and a close, on every job when jobs come one at a time.
         selector = self._selector
@@ -423,12 +405,11 @@ class Worker:
         assert self._wake_r is not None
         selector.register(self._wake_r, selectors.EVENT_READ, None)
         for conn in live:
-            if conn is not presleep_sent:
-                try:
-                    conn.send(_PRE_SLEEP_PACKET)
-                except OSError as exc:
-                    conn.drop(str(exc))
-                    continue
+            try:
+                conn.send(request(P.PRE_SLEEP))
+            except OSError as exc:
+                conn.drop(str(exc))
+                continue
             assert conn.sock is not None
             selector.register(conn.sock, selectors.EVENT_READ, conn)
         missing = [c.retry_at for c in self._conns if c.sock is None]
@@ -450,9 +431,7 @@ class Worker:
                     conn.drop(str(exc))
                     continue
                 # A NOOP: back to grabbing. Drop it so it is not taken for a reply later.
-                noops = len(conn.packets)
                 conn.packets = [p for p in conn.packets if p.type != P.NOOP]
-                conn.woken = len(conn.packets) < noops
         finally:
             for key in list(selector.get_map().values()):
                 selector.unregister(key.fileobj)  # closed sockets must not stay registered

@@ -51,9 +51,8 @@ def test_do_and_exceptions(server_address):
 
 
 def test_worker_woken_for_one_job_still_drains_a_burst(server_address):
-    """A worker woken for a single job reports its result together with PRE_SLEEP (the queue
-    was empty). Jobs queued while it ran must still be taken at once: the server answers that
-    PRE_SLEEP with a NOOP (gearmand and gearnb alike), not after the worker's 30 s poll."""
+    """A worker woken (NOOP) for a single job; 50 more are queued while it runs. It must take
+    them at once after that job, not after its 30 s sleep poll, through gearmand and gearnb."""
     started = threading.Event()
     release = threading.Event()
     seen = []
