@@ -62,6 +62,9 @@ class Task:
     Callbacks: ``on_complete(data)``, ``on_fail()``, ``on_retry(n)``, ``on_exception(text)``,
     ``on_status(numerator, denominator)``, ``on_data(data)``, ``on_warning(data)``,
     ``on_created(handle)``. Each returns the task (chainable) and works as a decorator.
+    ``on_fail`` runs once when the task ends unsuccessfully: WORK_FAIL or an exception with no
+    retries left, or a task no server accepted (then ``task.error`` holds why, such as
+    :class:`~gearnb.NoJobServers` or the server's ERROR).
     """
 
     def __init__(
