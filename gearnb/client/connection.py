@@ -53,7 +53,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self.closed = False
-        self.lost = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.lost = loop.create_future()
+        # Kept: asyncio.get_running_loop() costs a getpid() system call on every call.
+        self._call_soon = loop.call_soon
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,7 +111,12 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._out.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._call_soon(self._flush)
+
+    def flush(self) -> None:
+        """Write what is queued now rather than at the end of this turn of the loop (the
+        scheduled flush then finds nothing left)."""
+        self._flush()
 
     def _flush(self) -> None:
         self._flush_scheduled = False

@@ -176,6 +176,13 @@ class ClientCore:
                 asyncio.ensure_future(self._connect_quietly(state))
         asyncio.ensure_future(self._submit_when_connected(task, avoid))
 
+    def flush(self) -> None:
+        """Write every connection's queued submits now (after a batch was handed over)."""
+        for state in self.servers:
+            conn = state.conn
+            if conn is not None and conn._out:
+                conn.flush()
+
     async def _connect_quietly(self, state: ServerState) -> None:
         try:
             await self.connection(state)
