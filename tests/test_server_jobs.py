@@ -141,11 +141,11 @@ def test_epoch_job_wakes_a_sleeping_worker(gearnb_address, connect):
     c = connect(gearnb_address)
     w = worker(connect, gearnb_address, F)
     now = time.time()
-    when = int(now) + (1 if now % 1 < 0.5 else 2)  # due in 0.5 to 1.5 s
+    when = int(now) + 3  # due in 2 to 3 s: time enough for the GRAB_JOB below on a loaded machine
     h = c.call(P.SUBMIT_JOB_EPOCH, F, b"e", str(when).encode(), b"at-when", reply=P.JOB_CREATED)[0]
     w.call(P.GRAB_JOB, reply=P.NO_JOB)  # not due yet
     w.send(P.PRE_SLEEP)
-    w.expect(P.NOOP, timeout=4)
+    w.expect(P.NOOP, timeout=6)
     assert time.time() >= when - 0.05
     assert w.call(P.GRAB_JOB_UNIQ, reply=P.JOB_ASSIGN_UNIQ) == (h, F, b"e", b"at-when")
 
