@@ -3,8 +3,8 @@
 
     python bench/jobs_per_second.py [--jobs 20000] [--workers 2] [--latency-jobs 2000]
 
-For each job server (gearmand, then ``python -m gearnb server``), started here on a free
-127.0.0.1 port, the script starts ``--workers`` worker processes (``gearnb.Worker`` serving
+For each job server (gearmand with ``--threads 0`` and with its default 4, then
+``python -m gearnb server``), started here on a free 127.0.0.1 port, the script starts ``--workers`` worker processes (``gearnb.Worker`` serving
 ``bench_double``: x -> 2x, payloads are small ASCII integers) and measures, on the same
 server and workers:
 
@@ -15,6 +15,7 @@ server and workers:
   ``AsyncClient`` ``gearnb.AsyncClient`` on a uvloop loop in this process;
 * latency of one job at a time (``Client.do`` in a loop, and the raw socket doing the same).
 
+Last, the gearnb server's jobs/s over each gearmand's and the Gearman-layer issue's targets.
 Every result is checked (2x). Every step has a time limit, the whole run has ``--deadline``,
 and every process started here is stopped on exit, error or Ctrl-C (children also get
 SIGKILL from the kernel if this process dies: PR_SET_PDEATHSIG). See bench/README.md.
