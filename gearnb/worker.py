@@ -224,8 +224,11 @@ class Worker:
 
     def __init__(self, servers: ServerSpec = None, *, client_id: str | None = None,
                  max_packet_size: int = DEFAULT_MAX_PACKET_SIZE, ssl: Any = None,
-                 exception_packets: bool = True) -> None:
+                 exception_packets: bool = True, namespace: str | bytes = "") -> None:
         self.servers = parse_servers(servers)
+        # Put in front of every function name registered, as libgearman's
+        # gearman_worker_set_namespace(); job.function is then the full name the server sent.
+        self.namespace = namespace.encode() if isinstance(namespace, str) else bytes(namespace)
         self.client_id = client_id
         # A function that raises answers WORK_EXCEPTION (the traceback). gearmand 1.1 turns
         # that into a WORK_FAIL with a trailing NUL for clients that did not ask for
@@ -251,11 +254,11 @@ class Worker:
     def register(self, name: str, fn: Callable[[Job], Any], timeout: float | None = None) -> None:
         """Serve ``name`` with ``fn(job)``. ``timeout`` (seconds): CAN_DO_TIMEOUT, after which
         the server takes the job back and gives it to another worker."""
-        self.functions[name.encode()] = (fn, timeout)
+        self.functions[self.namespace + name.encode()] = (fn, timeout)
         self._changed = True
 
     def unregister(self, name: str) -> None:
-        self.functions.pop(name.encode(), None)
+        self.functions.pop(self.namespace + name.encode(), None)
         self._changed = True
 
     def function(self, name: str, timeout: float | None = None) -> Callable[[Callable[[Job], Any]], Callable[[Job], Any]]:

@@ -384,3 +384,23 @@ def test_worker_stops_on_sigterms_arriving_inside_its_sigterm_handler(gearnb_add
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_namespace_keeps_two_teams_apart(server_address):
+    """libgearman's namespaces: the same function name under two namespaces on one server
+    reaches the worker of its own namespace only; the server sees the full names."""
+    with worker_thread(server_address, {"reverse": reverse}, namespace="team-a:"), \
+            worker_thread(server_address, {"reverse": lambda job: ("b:" + job.function).encode()}, namespace="team-b:"):
+        wait_workers(server_address, "team-a:reverse")
+        wait_workers(server_address, "team-b:reverse")
+        a = gearnb.Client(server_address, namespace="team-a:")
+        b = gearnb.Client(server_address, namespace=b"team-b:")
+        assert a.do("reverse", b"abc", timeout=10) == b"cba"
+        assert b.do("reverse", b"abc", timeout=10) == b"b:team-b:reverse"
+        big = b"x" * (2 * 1024 * 1024)  # the large-payload submit path as well
+        assert a.do("reverse", big, timeout=30) == big[::-1]
+        with gearnb.Admin(server_address) as admin:
+            names = {s.function for s in admin.status()}
+        assert {"team-a:reverse", "team-b:reverse"} <= names and "reverse" not in names
+        a.close()
+        b.close()

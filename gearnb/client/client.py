@@ -25,7 +25,9 @@ class Client:
 
     All network I/O runs on gearnb's background I/O thread, so every method here blocks
     only the calling thread and works inside a running event loop (a Jupyter kernel).
-    ``servers`` defaults to ``GEARMAN_SERVERS``, then ``127.0.0.1:4730``.
+    ``servers`` defaults to ``GEARMAN_SERVERS``, then ``127.0.0.1:4730``. ``namespace`` is put
+    in front of every function name submitted (libgearman's namespace); give the workers the
+    same one.
     """
 
     def __init__(
@@ -35,11 +37,12 @@ class Client:
         submit_timeout: float = DEFAULT_SUBMIT_TIMEOUT,
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         ssl: Any = None,
+        namespace: str | bytes = "",
     ) -> None:
         self.servers = parse_servers(servers)
         self._io = io_loop()
         self._core = ClientCore(self.servers, submit_timeout=submit_timeout,
-                                max_packet_size=max_packet_size, ssl=ssl)
+                                max_packet_size=max_packet_size, ssl=ssl, namespace=namespace)
         self._outbox: deque[Task] = deque()  # tasks on their way to the I/O thread
         self._outbox_scheduled = False
 

@@ -30,12 +30,13 @@ def set_nodelay(sock: socket.socket | None) -> None:
     tune(sock)  # TCP_NODELAY and keepalive (gearnb/sockets.py)
 
 
-def submit_packet(task: Task) -> bytes:
+def submit_packet(task: Task, namespace: bytes = b"") -> bytes:
+    function = namespace + task.function if namespace else task.function
     if task.when is not None:
-        return request(P.SUBMIT_JOB_EPOCH, task.function, task.unique,
+        return request(P.SUBMIT_JOB_EPOCH, function, task.unique,
                        str(int(task.when)).encode(), task.data)
     ptype = SUBMIT_TYPE_FOR[(PRIORITY_NAMES[task.priority], task.background)]
-    return request(ptype, task.function, task.unique, task.data)
+    return request(ptype, function, task.unique, task.data)
 
 
 class ClientConnection(asyncio.BufferedProtocol):
@@ -137,10 +138,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         if len(task.data) >= BIG_PACKET and task.when is None:
             # Header, function and unique, then the payload itself: not copied into one packet.
             ptype = SUBMIT_TYPE_FOR[(PRIORITY_NAMES[task.priority], task.background)]
-            for part in encode_parts(REQ, ptype, task.function, task.unique, task.data):
+            function = self.owner.namespace + task.function
+            for part in encode_parts(REQ, ptype, function, task.unique, task.data):
                 self.send(part)
             return
-        self.send(submit_packet(task))
+        self.send(submit_packet(task, self.owner.namespace))
 
     def request(self, ptype: int, *args: bytes) -> asyncio.Future[Packet]:
         future: asyncio.Future[Packet] = asyncio.get_running_loop().create_future()

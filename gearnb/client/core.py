@@ -62,8 +62,12 @@ class ClientCore:
         submit_timeout: float = DEFAULT_SUBMIT_TIMEOUT,
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         ssl: object = None,
+        namespace: str | bytes = b"",
     ) -> None:
         self.servers = [ServerState(a) for a in servers]
+        # Put in front of every function name submitted, as libgearman's
+        # gearman_client_set_namespace(): teams or tests share job servers without clashing.
+        self.namespace = namespace.encode() if isinstance(namespace, str) else bytes(namespace)
         self.submit_timeout = submit_timeout
         self.max_packet_size = max_packet_size
         self.ssl = ssl
