@@ -16,26 +16,9 @@ import pytest
 
 from gearnb.protocol import PacketType as P
 from peers import RawConnection, wait_until
+from server_helpers import submit  # the connect fixture is in conftest.py
 
 LISTS = ["status", "workers", "prioritystatus", "show jobs", "show unique jobs", "STATUS", "Show Jobs"]
-
-
-@pytest.fixture
-def connect():
-    conns: list[RawConnection] = []
-
-    def make(address: str) -> RawConnection:
-        conn = RawConnection(address)
-        conns.append(conn)
-        return conn
-
-    yield make
-    for conn in conns:
-        conn.close()
-
-
-def submit(conn: RawConnection, ptype: int, function: bytes, unique: bytes, data: bytes) -> bytes:
-    return conn.call(ptype, function, unique, data, reply=P.JOB_CREATED)[0]
 
 
 def build_state(address: str, connect) -> RawConnection:
