@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 import gearnb  # noqa: E402
 from gearnb.protocol import RES, Decoder, PacketType, request  # noqa: E402
 
-from _harness import add_server_options, check_options, finish, print_table, run_guarded  # noqa: E402
+from _harness import add_server_options, check_deadline, check_options, finish, print_table, run_guarded  # noqa: E402
 from _processes import (  # noqa: E402 - bench/, next to this file
     BenchError, check_alive, cpu_seconds, function_status, spawn, start_server, stop, wait_until,
 )
@@ -191,6 +191,7 @@ async def _load_run(address: str, args: argparse.Namespace, stats: LoadStats) ->
         except asyncio.TimeoutError:
             stats.timed_out = True  # what is missing is counted as lost
         seconds = time.perf_counter() - start
+        check_deadline()  # an alarm inside the loop is only logged there
         early = sum(proto.closed_early for _t, proto in conns)
         if early:
             raise BenchError(f"the server closed {early} client connections")
