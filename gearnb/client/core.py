@@ -183,9 +183,8 @@ class ClientCore:
     def flush(self) -> None:
         """Write every connection's queued submits now (after a batch was handed over)."""
         for state in self.servers:
-            conn = state.conn
-            if conn is not None and conn._out:
-                conn.flush()
+            if state.conn is not None:
+                state.conn.flush()  # nothing to write: no system call
 
     async def _connect_quietly(self, state: ServerState) -> None:
         try:
