@@ -119,6 +119,29 @@ def test_work_results_reach_the_client(server_address, connect):
     c.nothing(0.2)
 
 
+
+def test_a_busy_clients_results_arrive_while_its_other_jobs_wait(server_address, connect):
+    # The gearnb server holds replies to a client with many jobs outstanding for a few turns
+    # of its loop, so they leave in fewer writes (BATCH_MIN_CLIENT_JOBS). Once the loop has
+    # nothing else to do, they must go out: here nothing else ever happens.
+    c = connect(server_address)
+    waiting = 40  # jobs no worker serves: outstanding for the whole test
+    c.send_raw(b"".join(request_bytes(P.SUBMIT_JOB, b"nobody", b"", b"%d" % i) for i in range(waiting)))
+    for _ in range(waiting):
+        c.expect(P.JOB_CREATED)
+    h = submit(c, P.SUBMIT_JOB, F, b"", b"in")
+    w = worker(connect, server_address, F)
+    for i in range(3):
+        assert w.call(P.GRAB_JOB, reply=P.JOB_ASSIGN)[0] == h
+        w.send(P.WORK_STATUS, h, b"%d" % i, b"3")
+        assert c.expect(P.WORK_STATUS, timeout=2) == (h, b"%d" % i, b"3")
+        if i < 2:
+            w.send(P.WORK_FAIL, h)
+            assert c.expect(P.WORK_FAIL, timeout=2) == (h,)
+            h = submit(c, P.SUBMIT_JOB, F, b"", b"in")
+    w.send(P.WORK_COMPLETE, h, b"out")
+    assert c.expect(P.WORK_COMPLETE, timeout=2) == (h, b"out")
+
 # -- epoch jobs -------------------------------------------------------------------------
 
 def test_epoch_job_due_or_not(server_address, connect):

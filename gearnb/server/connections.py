@@ -33,7 +33,7 @@ class Connection(asyncio.BufferedProtocol):
     __slots__ = (
         "server", "transport", "decoder", "fd", "peer", "client_id", "exceptions",
         "abilities", "timeouts", "sleeping", "noop_sent", "woken_for", "client_jobs",
-        "worker_jobs", "_out", "closed",
+        "worker_jobs", "_out", "out_bytes", "held_turns", "closed",
     )
 
     def __init__(self, server: JobServer) -> None:
@@ -52,6 +52,8 @@ class Connection(asyncio.BufferedProtocol):
         self.client_jobs: dict[Job, None] = {}  # foreground jobs this client waits on
         self.worker_jobs: dict[Job, None] = {}  # jobs this worker is running
         self._out: list[bytes] = []
+        self.out_bytes = 0  # bytes in _out
+        self.held_turns = 0  # turns of the loop _out has been held back (JobServer._scheduled_flush)
         self.closed = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -194,6 +196,7 @@ class Connection(asyncio.BufferedProtocol):
         if not out:
             self.server.dirty.append(self)
         out.append(data)
+        self.out_bytes += len(data)
 
     def send_packet(self, ptype: int, *args: bytes) -> None:
         if args and len(args[-1]) >= BIG_PACKET:
@@ -213,6 +216,8 @@ class Connection(asyncio.BufferedProtocol):
             else:
                 self.transport.write(b"".join(out))
         out.clear()
+        self.out_bytes = 0
+        self.held_turns = 0
 
     def error(self, code: bytes, text: bytes, close: bool = False) -> None:
         self.send_packet(PacketType.ERROR, code, text)

@@ -27,6 +27,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("gearnb.server")
 P = PacketType
 
+# Replies to a client that keeps many jobs in flight are held back while the loop is busy,
+# so that they leave in fewer, larger writes: the client then reads (and refills its window)
+# in batches too. Measured with bench/jobs_per_second.py: per job, the client made 0.6 reads
+# through the gearnb server against 0.15 through gearmand, and each read costs CPU all round.
+# A client with fewer jobs outstanding than this (Client.do: one) is answered at once.
+BATCH_MIN_CLIENT_JOBS = 16
+# At most this many turns of the loop, and this many bytes, are held: a busy loop's turn
+# is ~30 us here, so replies wait well under a millisecond.
+BATCH_MAX_TURNS = 8
+BATCH_MAX_BYTES = 64 * 1024
+
 
 class JobServer:
     """All state of one job server, independent of sockets (see :mod:`.listener`)."""
@@ -78,6 +89,8 @@ class JobServer:
         fast_paths.install(self)
         self._flush_scheduled = False
         self._call_soon: Callable[..., object] | None = None  # the serving loop's call_soon
+        self._reads = 0  # reads handled so far; equal to _reads_seen after an idle turn
+        self._reads_seen = 0
 
     # -- plumbing -----------------------------------------------------------------------
     def flush(self) -> None:
@@ -96,6 +109,7 @@ class JobServer:
     def flush_soon(self) -> None:
         """Flush at the end of this turn of the event loop: the replies that several
         connections' packets cause to one peer leave in one write."""
+        self._reads += 1
         if not self._flush_scheduled:
             self._flush_scheduled = True
             call_soon = self._call_soon
@@ -106,8 +120,32 @@ class JobServer:
             call_soon(self._scheduled_flush)
 
     def _scheduled_flush(self) -> None:
+        """End of a turn: write what workers and most clients wait for; hold a busy client's
+        replies for another turn while the loop keeps finding work (see BATCH_MIN_CLIENT_JOBS)."""
         self._flush_scheduled = False
-        self.flush()
+        if self.queue is not None:
+            self.queue.commit()
+        dirty = self.dirty
+        if not dirty:
+            return
+        self.dirty = []
+        busy = self._reads != self._reads_seen
+        self._reads_seen = self._reads
+        held = []
+        for conn in dirty:
+            if (busy and conn.held_turns < BATCH_MAX_TURNS and not conn.abilities
+                    and len(conn.client_jobs) >= BATCH_MIN_CLIENT_JOBS and conn.out_bytes < BATCH_MAX_BYTES
+                    and not conn.closed):
+                conn.held_turns += 1
+                held.append(conn)
+            else:
+                conn.flush()
+        if held:
+            # Nothing else can have been queued meanwhile: handlers do not run in here.
+            self.dirty = held
+            self._flush_scheduled = True
+            assert self._call_soon is not None
+            self._call_soon(self._scheduled_flush)  # the loop polls without blocking first
 
     def restore(self) -> int:
         """Queue the background jobs kept in the persistent queue (at start-up)."""
