@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..protocol import DEFAULT_MAX_PACKET_SIZE, HIGH, NORMAL, SUBMIT_TYPES, PacketType, ProtocolError
-from ..protocol.packets import MAX_UNIQUE_SIZE
+from ..protocol.codec import RECV_BUFFER
+from ..protocol.packets import ARG_COUNT, MAX_UNIQUE_SIZE
 from . import fast_paths
 from .admin import AdminCommands
 from .functions import Function
@@ -60,10 +61,13 @@ class JobServer:
         self.functions: dict[bytes, Function] = {}
         self.connections: dict[Connection, None] = {}
         self.dirty: list[Connection] = []
+        # Where connections read between packets (see Connection.get_buffer): one for all, as
+        # the loop reads one socket at a time and the bytes are copied out at once.
+        self.read_buffer = memoryview(bytearray(RECV_BUFFER))
         self.queue = queue
         self.started = time.time()
         self.admin = AdminCommands(self)
-        self.handlers: dict[int, Callable[[Connection, tuple[bytes, ...]], None]] = {
+        self.handlers: dict[int, Callable[[Connection, Sequence[bytes]], None]] = {
             P.CAN_DO: self.can_do,
             P.CANT_DO: self.cant_do,
             P.RESET_ABILITIES: self.reset_abilities,
@@ -87,6 +91,9 @@ class JobServer:
         for ptype in SUBMIT_TYPES:
             self.handlers[ptype] = self._submit_handler(ptype)
         fast_paths.install(self)
+        # What Connection._handle_whole_packets looks up per packet, in one dict.
+        self.dispatch: dict[int, tuple[int, Callable[[Connection, Sequence[bytes]], None]]] = {
+            ptype: (ARG_COUNT[ptype], handler) for ptype, handler in self.handlers.items()}
         self._flush_scheduled = False
         self._call_soon: Callable[..., object] | None = None  # the serving loop's call_soon
         self._reads = 0  # reads handled so far; equal to _reads_seen after an idle turn
@@ -189,12 +196,12 @@ class JobServer:
         return function
 
     # -- submitting ---------------------------------------------------------------------
-    def _submit_handler(self, ptype: int) -> Callable[[Connection, tuple[bytes, ...]], None]:
+    def _submit_handler(self, ptype: int) -> Callable[[Connection, Sequence[bytes]], None]:
         priority, background = SUBMIT_TYPES[ptype]
         epoch = ptype == P.SUBMIT_JOB_EPOCH
         reduce = ptype in (P.SUBMIT_REDUCE_JOB, P.SUBMIT_REDUCE_JOB_BACKGROUND)
 
-        def handler(conn: Connection, args: tuple[bytes, ...]) -> None:
+        def handler(conn: Connection, args: Sequence[bytes]) -> None:
             name, unique = args[0], args[1]
             data = args[-1]
             when = 0
@@ -292,12 +299,12 @@ class JobServer:
         self._wake(job.function)
 
     # -- workers: abilities, sleeping, waking -------------------------------------------
-    def can_do(self, conn: Connection, args: tuple[bytes, ...]) -> None:
+    def can_do(self, conn: Connection, args: Sequence[bytes]) -> None:
         function = self.function(args[0])
         conn.timeouts.pop(function.name, None)
         self._add_ability(conn, function)
 
-    def can_do_timeout(self, conn: Connection, args: tuple[bytes, ...]) -> None:
+    def can_do_timeout(self, conn: Connection, args: Sequence[bytes]) -> None:
         function = self.function(args[0])
         try:
             timeout = int(args[1])
@@ -317,14 +324,14 @@ class JobServer:
                 function.sleepers[conn] = None
                 self._wake(function)
 
-    def cant_do(self, conn: Connection, args: tuple[bytes, ...]) -> None:
+    def cant_do(self, conn: Connection, args: Sequence[bytes]) -> None:
         function = self.functions.get(args[0])
         if function is not None and function in conn.abilities:
             self._drop_worker(conn, function)
             del conn.abilities[function]
             conn.timeouts.pop(function.name, None)
 
-    def reset_abilities(self, conn: Connection, args: tuple[bytes, ...]) -> None:
+    def reset_abilities(self, conn: Connection, args: Sequence[bytes]) -> None:
         for function in list(conn.abilities):
             self._drop_worker(conn, function)
         conn.abilities.clear()
@@ -334,7 +341,7 @@ class JobServer:
         function.workers.pop(conn, None)
         function.sleepers.pop(conn, None)
 
-    def pre_sleep(self, conn: Connection, args: tuple[bytes, ...]) -> None:
+    def pre_sleep(self, conn: Connection, args: Sequence[bytes]) -> None:
         self._go_awake(conn)
         if any(function.queued for function in conn.abilities):
             # Work arrived between NO_JOB and PRE_SLEEP: wake it at once.
@@ -402,17 +409,17 @@ class JobServer:
             job.timer = loop.call_later(timeout / 1000.0, self._timed_out, job, conn)
         return job
 
-    def grab_job(self, conn: Connection, args: tuple[bytes, ...]) -> None:
+    def grab_job(self, conn: Connection, args: Sequence[bytes]) -> None:
         job = self._grab(conn)
         if job is not None:
             conn.send_packet(P.JOB_ASSIGN, job.handle, job.function.name, job.data)
 
-    def grab_job_uniq(self, conn: Connection, args: tuple[bytes, ...]) -> None:
+    def grab_job_uniq(self, conn: Connection, args: Sequence[bytes]) -> None:
         job = self._grab(conn)
         if job is not None:
             conn.send_packet(P.JOB_ASSIGN_UNIQ, job.handle, job.function.name, job.unique, job.data)
 
-    def grab_job_all(self, conn: Connection, args: tuple[bytes, ...]) -> None:
+    def grab_job_all(self, conn: Connection, args: Sequence[bytes]) -> None:
         job = self._grab(conn)
         if job is None:
             return
@@ -462,17 +469,17 @@ class JobServer:
             return None
         return job
 
-    def work_status(self, conn: Connection, args: tuple[bytes, ...]) -> None:
+    def work_status(self, conn: Connection, args: Sequence[bytes]) -> None:
         job = self._worker_job(conn, args[0])
         if job is not None:
             job.numerator, job.denominator = args[1], args[2]
             for client in job.clients:
                 client.send_packet(P.WORK_STATUS, *args)
 
-    def _forwarder(self, ptype: int) -> Callable[[Connection, tuple[bytes, ...]], None]:
+    def _forwarder(self, ptype: int) -> Callable[[Connection, Sequence[bytes]], None]:
         """WORK_DATA and WORK_WARNING: pass on to every client attached to the job."""
 
-        def forward(conn: Connection, args: tuple[bytes, ...]) -> None:
+        def forward(conn: Connection, args: Sequence[bytes]) -> None:
             job = self._worker_job(conn, args[0])
             if job is not None:
                 for client in job.clients:
@@ -480,21 +487,21 @@ class JobServer:
 
         return forward
 
-    def work_complete(self, conn: Connection, args: tuple[bytes, ...]) -> None:
+    def work_complete(self, conn: Connection, args: Sequence[bytes]) -> None:
         job = self._worker_job(conn, args[0])
         if job is not None:
             for client in job.clients:
                 client.send_packet(P.WORK_COMPLETE, *args)
             self._end_job(job)
 
-    def work_fail(self, conn: Connection, args: tuple[bytes, ...]) -> None:
+    def work_fail(self, conn: Connection, args: Sequence[bytes]) -> None:
         job = self._worker_job(conn, args[0])
         if job is not None:
             for client in job.clients:
                 client.send_packet(P.WORK_FAIL, job.handle)
             self._end_job(job)
 
-    def work_exception(self, conn: Connection, args: tuple[bytes, ...]) -> None:
+    def work_exception(self, conn: Connection, args: Sequence[bytes]) -> None:
         job = self._worker_job(conn, args[0])
         if job is not None:
             for client in job.clients:
@@ -532,7 +539,7 @@ class JobServer:
             self.queue.delete(job)
 
     # -- status, echo, options ----------------------------------------------------------
-    def get_status(self, conn: Connection, args: tuple[bytes, ...]) -> None:
+    def get_status(self, conn: Connection, args: Sequence[bytes]) -> None:
         handle = args[0]
         job = self.jobs.get(handle)
         if job is None:
@@ -541,7 +548,7 @@ class JobServer:
             running = b"1" if job.state == RUNNING else b"0"
             conn.send_packet(P.STATUS_RES, handle, b"1", running, job.numerator, job.denominator)
 
-    def get_status_unique(self, conn: Connection, args: tuple[bytes, ...]) -> None:
+    def get_status_unique(self, conn: Connection, args: Sequence[bytes]) -> None:
         unique = args[0]
         for function in self.functions.values():
             job = function.by_unique.get(unique)
@@ -554,13 +561,13 @@ class JobServer:
                 return
         conn.send_packet(P.STATUS_RES_UNIQUE, unique, b"0", b"0", b"0", b"0", b"0")
 
-    def echo(self, conn: Connection, args: tuple[bytes, ...]) -> None:
+    def echo(self, conn: Connection, args: Sequence[bytes]) -> None:
         conn.send_packet(P.ECHO_RES, args[0])
 
-    def set_client_id(self, conn: Connection, args: tuple[bytes, ...]) -> None:
+    def set_client_id(self, conn: Connection, args: Sequence[bytes]) -> None:
         conn.client_id = args[0] or b"-"
 
-    def option_req(self, conn: Connection, args: tuple[bytes, ...]) -> None:
+    def option_req(self, conn: Connection, args: Sequence[bytes]) -> None:
         if args[0] == b"exceptions":
             conn.exceptions = True
             conn.send_packet(P.OPTION_RES, args[0])

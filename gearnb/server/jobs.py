@@ -51,7 +51,7 @@ class Job:
         self.handle = handle
         self.function = function
         self.unique = unique  # as sent: workers and `show unique jobs` see "-" as "-"
-        self.key = coalescing_key(unique, data)
+        self.key = coalescing_key(unique, data) if unique else b""
         self.data = data
         self.priority = priority
         self.background = background
