@@ -53,10 +53,12 @@ GEARMAND_DEFAULT_THREADS = 4
 TARGET_JOBS_PER_SECOND = 10_000
 TARGET_RATIO = 0.7
 TARGET_P50_SECONDS = 250e-6
+# The latency runs alternate between the servers in this many slices (see bench_servers).
+LATENCY_ROUNDS = 10
 CLIENT_NAMES = {"raw": "raw socket", "taskset": "gearnb Client+TaskSet", "async": "gearnb AsyncClient"}
 
 
-from _harness import check_options, finish, print_table, run_guarded  # noqa: E402 - bench/, next to this file
+from _harness import check_deadline, check_options, finish, print_table, run_guarded  # noqa: E402 - bench/, next to this file
 from _processes import (  # noqa: E402
     BenchError, check_alive, cpu_seconds, function_status, spawn, start_server, stop, wait_until,
 )
@@ -268,18 +270,26 @@ def measured(run: Callable[[], float], server: subprocess.Popen, workers: list[s
     return (seconds, *(a - b for a, b in zip(after, before)))
 
 
-def bench_server(kind: str, args: argparse.Namespace, logdir: Path, rows: list, lat_rows: list,
-                 gearmand_threads: int = 0) -> None:
-    server, address, label = start_server(kind, logdir, ["--threads", str(gearmand_threads)],
-                                          gearnb_label=GEARNB_LABEL)
-    if kind == "gearmand" and gearmand_threads == GEARMAND_DEFAULT_THREADS:
-        label += " (its default)"
-    workers: list[subprocess.Popen] = []
-    try:
-        workers = start_workers(address, args.workers, logdir)
-        print(f"# {label} on {address}, {args.workers} workers", file=sys.stderr, flush=True)
-        raw_pipelined(address, min(2000, args.jobs), args.window, args.timeout)  # warm-up
-        clients = [
+class ServerUnderTest:
+    """One job server and its worker processes, started once and kept for the whole run."""
+
+    def __init__(self, kind: str, args: argparse.Namespace, logdir: Path, gearmand_threads: int = 0) -> None:
+        self.server, self.address, self.label = start_server(
+            kind, logdir, ["--threads", str(gearmand_threads)], gearnb_label=GEARNB_LABEL)
+        if kind == "gearmand" and gearmand_threads == GEARMAND_DEFAULT_THREADS:
+            self.label += " (its default)"
+        self.workers: list[subprocess.Popen] = []
+        try:
+            self.workers = start_workers(self.address, args.workers, logdir)
+        except BaseException:
+            self.stop()
+            raise
+        print(f"# {self.label} on {self.address}, {args.workers} workers", file=sys.stderr, flush=True)
+        raw_pipelined(self.address, min(2000, args.jobs), args.window, args.timeout)  # warm-up
+
+    def throughput_runs(self, args: argparse.Namespace) -> list[tuple[str, str, Callable[[], float]]]:
+        address = self.address
+        return [
             ("raw", f"raw socket, {args.window} in flight",
              lambda: raw_pipelined(address, args.jobs, args.window, args.timeout)),
             ("taskset", "gearnb Client+TaskSet, all in flight",
@@ -287,22 +297,45 @@ def bench_server(kind: str, args: argparse.Namespace, logdir: Path, rows: list, 
             ("async", f"gearnb AsyncClient, {args.window} in flight",
              lambda: async_throughput(address, args.jobs, args.window, args.timeout)),
         ]
-        for key, name, run in clients:
-            if key in args.clients:
-                runs = [measured(run, server, workers) for _ in range(args.repeat)]
-                rows.append((label, name, args.jobs, runs, key))
-        if args.latency_jobs:
-            raw_latency(address, 50, args.timeout)  # warm-up
-            times = raw_latency(address, args.latency_jobs, args.timeout)
-            lat_rows.append((label, "raw socket", times))
-            client_latency(address, 50, args.timeout)
-            times = client_latency(address, args.latency_jobs, args.timeout)
-            lat_rows.append((label, "gearnb Client.do", times))
-        check_alive([server, *workers], f"{label}: a process", logdir)
-    finally:
-        for proc in workers:
+
+    def stop(self) -> None:
+        for proc in self.workers:
             stop(proc)
-        stop(server)
+        stop(self.server)
+
+
+def bench_servers(under_test: list[ServerUnderTest], args: argparse.Namespace, logdir: Path,
+                  rows: list, lat_rows: list) -> None:
+    """Every measurement is taken on each server in turn (run 1 on every server, then run 2,
+    ...): this VM's speed drifts by 1.5-2x over minutes, and taking all of one server's runs
+    before the next one's put that drift into the ratios. Idle servers' workers sleep."""
+    for index, (key, name, _run) in enumerate(under_test[0].throughput_runs(args)):
+        if key not in args.clients:
+            continue
+        runs: dict[str, list[tuple]] = {s.label: [] for s in under_test}
+        for _ in range(args.repeat):
+            for s in under_test:
+                run = s.throughput_runs(args)[index][2]
+                runs[s.label].append(measured(run, s.server, s.workers))
+                check_deadline()
+        rows.extend((s.label, name, args.jobs, runs[s.label], key) for s in under_test)
+    if args.latency_jobs:
+        # In LATENCY_ROUNDS slices, each server in turn, for the same reason.
+        chunk = max(1, args.latency_jobs // LATENCY_ROUNDS)
+        for client, measure in (("raw socket", raw_latency), ("gearnb Client.do", client_latency)):
+            times: dict[str, list[float]] = {s.label: [] for s in under_test}
+            for s in under_test:
+                measure(s.address, 50, args.timeout)  # warm-up
+            done = 0
+            while done < args.latency_jobs:
+                n = min(chunk, args.latency_jobs - done)
+                for s in under_test:
+                    times[s.label] += measure(s.address, n, args.timeout)
+                done += n
+                check_deadline()
+            lat_rows.extend((s.label, client, times[s.label]) for s in under_test)
+    for s in under_test:
+        check_alive([s.server, *s.workers], f"{s.label}: a process", logdir)
 
 
 def print_tables(args: argparse.Namespace, rows: list, lat_rows: list) -> None:
@@ -400,9 +433,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--gearmand-threads takes numbers, such as 0,4")
 
     def run(logdir: Path) -> None:
-        for kind in kinds:
-            for count in threads if kind == "gearmand" else [0]:
-                bench_server(kind, args, logdir, rows, lat_rows, gearmand_threads=count)
+        under_test: list[ServerUnderTest] = []
+        try:
+            for kind in kinds:
+                for count in threads if kind == "gearmand" else [0]:
+                    under_test.append(ServerUnderTest(kind, args, logdir, gearmand_threads=count))
+            bench_servers(under_test, args, logdir, rows, lat_rows)
+        finally:
+            for s in under_test:
+                s.stop()
 
     logdir, failure = run_guarded(args.deadline, run)
     if rows or lat_rows or not failure:
