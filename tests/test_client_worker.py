@@ -49,6 +49,14 @@ def test_do_and_exceptions(server_address):
         client.close()
 
 
+def test_do_times_out_and_the_client_carries_on(server_address):
+    with worker_thread(server_address, {"reverse": reverse}), gearnb.Client(server_address) as client:
+        with pytest.raises(TimeoutError, match="did not finish within 0.3 s"):
+            client.do("nobody-serves-this", b"x", timeout=0.3)
+        handle = client.do_background("nobody-serves-this", b"y", timeout=10)
+        assert client.status(handle).known
+        assert client.do("reverse", b"abc", timeout=10) == b"cba"
+
 
 def test_worker_woken_for_one_job_still_drains_a_burst(server_address):
     """A worker woken (NOOP) for a single job; 50 more are queued while it runs. It must take
