@@ -398,46 +398,47 @@ class Worker:
 
     def _sleep(self, live: list[_ServerConn]) -> None:
         """PRE_SLEEP everywhere, then wait for a NOOP (or a server to retry, or stop())."""
-        # One selector for the worker's life: a new one per sleep costs epoll_create, two
-        # epoll_ctl and a close, on every job when jobs come one at a time.
+        # One selector for the worker's life, and each socket registered once while it lives:
+        # a new selector per sleep cost epoll_create, two epoll_ctl and a close, and even
+        # registering per sleep put two epoll_ctl between the NOOP and the GRAB_JOB.
         selector = self._selector
         if selector is None:
             selector = self._selector = selectors.DefaultSelector()
-        for key in list(selector.get_map().values()):
-            selector.unregister(key.fileobj)
         assert self._wake_r is not None
-        selector.register(self._wake_r, selectors.EVENT_READ, None)
+        wanted: dict[Any, _ServerConn | None] = {self._wake_r: None}
         for conn in live:
             try:
                 conn.send(request(P.PRE_SLEEP))
             except OSError as exc:
                 conn.drop(str(exc))
                 continue
-            assert conn.sock is not None
-            selector.register(conn.sock, selectors.EVENT_READ, conn)
+            wanted[conn.sock] = conn
+        registered = selector.get_map()
+        for key in list(registered.values()):
+            if key.fileobj not in wanted or wanted[key.fileobj] is not key.data:
+                selector.unregister(key.fileobj)  # closed: dropped, or left by an earlier work()
+        for fileobj, conn in wanted.items():
+            if fileobj not in registered:
+                selector.register(fileobj, selectors.EVENT_READ, conn)
         missing = [c.retry_at for c in self._conns if c.sock is None]
         # Never sleep unbounded: a job requeued without a wake-up (a server that missed a
         # NOOP, gearmand's CAN_DO_TIMEOUT) is picked up at the next poll anyway.
         timeout = max(min(missing) - time.monotonic(), 0.01) if missing else SLEEP_POLL
-        try:
-            for key, _ in selector.select(timeout):
-                conn = key.data
-                if conn is None:
-                    try:
-                        self._wake_r.recv(4096)
-                    except OSError:
-                        pass
-                    continue
+        for key, _ in selector.select(timeout):
+            conn = key.data
+            if conn is None:
                 try:
-                    conn.read_packets()
-                except (OSError, ProtocolError, ConnectionError) as exc:
-                    conn.drop(str(exc))
-                    continue
-                # A NOOP: back to grabbing. Drop it so it is not taken for a reply later.
-                conn.packets = [p for p in conn.packets if p.type != P.NOOP]
-        finally:
-            for key in list(selector.get_map().values()):
-                selector.unregister(key.fileobj)  # closed sockets must not stay registered
+                    self._wake_r.recv(4096)
+                except OSError:
+                    pass
+                continue
+            try:
+                conn.read_packets()
+            except (OSError, ProtocolError, ConnectionError) as exc:
+                conn.drop(str(exc))
+                continue
+            # A NOOP: back to grabbing. Drop it so it is not taken for a reply later.
+            conn.packets = [p for p in conn.packets if p.type != P.NOOP]
 
     def _run(self, conn: _ServerConn, packet: Packet) -> bytes | list[bytes]:
         """Run one job; return the packet that reports its outcome (a large one in parts)."""

@@ -58,6 +58,22 @@ def test_do_times_out_and_the_client_carries_on(server_address):
         assert client.do("reverse", b"abc", timeout=10) == b"cba"
 
 
+def test_a_worker_can_work_again_and_stop_wakes_it_each_time(server_address):
+    # The worker keeps its sockets registered with one selector across sleeps; work() makes a
+    # new wake-up socket each time, which must replace the one left by the last work().
+    worker = gearnb.Worker(server_address)
+    worker.register("reverse", reverse)
+    with gearnb.Client(server_address) as client:
+        for round in range(3):
+            thread = threading.Thread(target=worker.work, daemon=True)
+            thread.start()
+            assert client.do("reverse", b"ab%d" % round, timeout=10) == b"%dba" % round
+            time.sleep(0.2)  # back asleep (PRE_SLEEP): only its wake-up socket can end it now
+            worker.stop()
+            thread.join(5)
+            assert not thread.is_alive(), f"stop() did not wake the sleeping worker (round {round})"
+
+
 def test_worker_woken_for_one_job_still_drains_a_burst(server_address):
     """A worker woken (NOOP) for a single job; 50 more are queued while it runs. It must take
     them at once after that job, not after its 30 s sleep poll, through gearmand and gearnb."""
