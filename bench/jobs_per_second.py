@@ -15,7 +15,9 @@ server and workers:
   ``AsyncClient`` ``gearnb.AsyncClient`` on a uvloop loop in this process;
 * latency of one job at a time (``Client.do`` in a loop, and the raw socket doing the same).
 
-Last, the gearnb server's jobs/s over each gearmand's and the Gearman-layer issue's targets.
+The servers are measured in turn (run 1 on each, then run 2, ...), so that the machine's
+drift over minutes does not land in the comparison. Last, the gearnb server's jobs/s over
+each gearmand's and the Gearman-layer issue's targets.
 Every result is checked (2x). Every step has a time limit, the whole run has ``--deadline``,
 and every process started here is stopped on exit, error or Ctrl-C (children also get
 SIGKILL from the kernel if this process dies: PR_SET_PDEATHSIG). See bench/README.md.
