@@ -287,7 +287,7 @@ def test_encode_gathered_sends_the_buffers_as_they_are():
     from gearnb.protocol.codec import BIG_PACKET, BufferList, encode_gathered
 
     big = bytes(range(256)) * (BIG_PACKET // 256 + 1)
-    last = BufferList([b"GNB1", memoryview(big)[7:], b"", b"tail"])
+    last = BufferList([b"GNB2", memoryview(big)[7:], b"", b"tail"])
     parts = encode_gathered(REQ, PacketType.WORK_COMPLETE, b"H:1", last=last)
     assert b"".join(parts) == encode(REQ, PacketType.WORK_COMPLETE, b"H:1", b"".join(last))
     assert parts[2] is last[1]  # not copied

@@ -197,6 +197,19 @@ def test_refusals_through_a_real_server_and_worker_processes(tmp_path):
         wrong.shutdown(), right.shutdown(), client.close()
 
 
+def test_a_payload_of_an_older_signing_scheme_says_to_upgrade():
+    """gearnb before the chunked MAC of large bodies signed as GNB1: a worker of this version
+    tells the caller to run one version on both sides, not that the key is wrong."""
+    body = msgpack.packb({"v": envelope.FORMAT_VERSION})
+    old = b"GNB1" + Signer(KEY).mac(b"pyexec", body) + body  # small bodies: both schemes MAC alike
+    with pytest.raises(RefusedPayload, match=r"older gearnb \(scheme GNB1, this one uses GNB2\).*same gearnb version"):
+        Signer(KEY).verify(b"pyexec", old)
+    with gearnb_server() as server, WorkerProcesses(server.address, processes=1, key=KEY):
+        with gearnb.Client(server.address) as client:
+            with pytest.raises(gearnb.JobException, match="older gearnb"):
+                client.do("pyexec", old, timeout=20)
+
+
 def test_worker_refuses_a_result_signed_with_another_key():
     """The caller never unpickles an answer that is not signed with its key."""
     with gearnb_server() as server:

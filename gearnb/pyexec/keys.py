@@ -17,7 +17,12 @@ from typing import Any, Callable, Sequence, Union
 
 from ..protocol.codec import BufferList, join_bytes, nbytes
 
-MAGIC = b"GNB1"  # marks a signed pyexec payload: MAGIC + 32-byte MAC + msgpack body
+# Marks a signed pyexec payload: MAGIC + 32-byte MAC + msgpack body. The digit is the signing
+# scheme: 2 MACs large bodies by their chunks' digests (TREE_MIN below); gearnb builds that
+# signed with 1 (one HMAC over any body) are told apart and told to upgrade, not that their
+# key is wrong.
+MAGIC = b"GNB2"
+OLDER_MAGICS = (b"GNB1",)
 MAC_SIZE = 32
 KEY_ENV = "GEARNB_KEY"
 KEY_FILE_ENV = "GEARNB_KEY_FILE"
@@ -137,6 +142,11 @@ class Signer:
     def verify(self, function: bytes, payload: bytes) -> memoryview:
         """The body of a correctly signed payload; raises :class:`RefusedPayload` otherwise."""
         if len(payload) < len(MAGIC) + MAC_SIZE or not payload.startswith(MAGIC):
+            if payload[:len(MAGIC)] in OLDER_MAGICS:
+                raise RefusedPayload(
+                    f"the payload was signed by an older gearnb (scheme {payload[:len(MAGIC)].decode()}, "
+                    f"this one uses {MAGIC.decode()}): run the same gearnb version on the clients and "
+                    f"the workers (pip install -U gearnb on both sides)")
             raise RefusedPayload("the payload is not a signed gearnb pyexec payload")
         view = memoryview(payload)
         mac = bytes(view[len(MAGIC):len(MAGIC) + MAC_SIZE])
