@@ -25,6 +25,21 @@ def test_echo_keeps_nuls(server_address, connect):
         assert c.call(P.ECHO_REQ, data, reply=P.ECHO_RES) == (data,)
 
 
+def test_a_large_packets_header_alone_then_a_body_that_looks_like_packets(server_address, connect):
+    # The header of a large packet arrives in a read of its own, then the body, which here
+    # starts with a whole ECHO_REQ: that must stay data, not run as a request.
+    from gearnb.protocol import request
+
+    inner = request(P.ECHO_REQ, b"SMUGGLED")
+    body = inner + b"x" * (100_000 - len(inner))
+    c = connect(server_address)
+    c.send_raw(b"\0REQ" + struct.pack(">II", int(P.ECHO_REQ), len(body)))
+    time.sleep(0.2)  # lets the server read the header alone
+    c.send_raw(body)
+    assert c.expect(P.ECHO_RES, timeout=5) == (body,)
+    assert c.call(P.ECHO_REQ, b"after", reply=P.ECHO_RES) == (b"after",)
+
+
 def test_option_req(server_address, connect):
     c = connect(server_address)
     assert c.call(P.OPTION_REQ, b"bogus", reply=P.ERROR) == (

@@ -205,6 +205,12 @@ class Decoder:
         self._into_big = False  # the last get_buffer() was a view into the large packet
 
     @property
+    def idle(self) -> bool:
+        """Nothing held over from earlier input: the next bytes start a new packet. (Not the
+        same as ``buffered == 0``: a large packet whose header came alone holds no bytes yet.)"""
+        return not self._buf and self._big is None
+
+    @property
     def buffered(self) -> int:
         """Bytes received but not yet decoded."""
         big = self._big

@@ -94,7 +94,7 @@ class Connection(asyncio.BufferedProtocol):
             self.protocol_error(exc)
             self.server.flush()
             return
-        self.decoder_empty = not self.decoder.buffered
+        self.decoder_empty = self.decoder.idle
         self._handle_items(items)
 
     def data_received(self, data: bytes) -> None:
@@ -115,7 +115,7 @@ class Connection(asyncio.BufferedProtocol):
             self.protocol_error(exc)
             server.flush()
             return
-        self.decoder_empty = not decoder.buffered
+        self.decoder_empty = decoder.idle
         self._handle_items(items)
 
     def _handle_items(self, items: list) -> None:
@@ -148,7 +148,7 @@ class Connection(asyncio.BufferedProtocol):
         max_size = self.max_packet_size
         pos = 0
         n = len(data)
-        while n - pos >= HEADER_SIZE and data[pos] == 0:
+        while n - pos >= HEADER_SIZE and data[pos] == 0 and not self.closed:
             magic, ptype, size = _unpack_header(data, pos)
             entry = dispatch.get(ptype)
             end = pos + HEADER_SIZE + size
