@@ -53,6 +53,9 @@ def test_do_times_out_and_the_client_carries_on(server_address):
     with worker_thread(server_address, {"reverse": reverse}), gearnb.Client(server_address) as client:
         with pytest.raises(TimeoutError, match="did not finish within 0.3 s"):
             client.do("nobody-serves-this", b"x", timeout=0.3)
+        for spent in (0, -1, -0.5):  # a caller's remaining time, already used up
+            with pytest.raises(TimeoutError):
+                client.do("nobody-serves-this", b"x", timeout=spent)
         handle = client.do_background("nobody-serves-this", b"y", timeout=10)
         assert client.status(handle).known
         assert client.do("reverse", b"abc", timeout=10) == b"cba"

@@ -90,7 +90,7 @@ class Client:
         task = Task(function, data, priority=priority, unique=unique, retries=retries)
         done = _ended(task)
         self._submit_soon(task)
-        if not done.acquire(True, -1 if timeout is None else timeout):
+        if not done.acquire(True, _lock_timeout(timeout)):
             raise TimeoutError(f"job {task.function!r} did not finish within {timeout} s")
         result = task.raise_for_outcome()
         return result if result is not None else b""
@@ -103,7 +103,7 @@ class Client:
         task = Task(function, data, priority=priority, unique=unique, background=True, when=when)
         done = _ended(task)
         self._submit_soon(task)
-        if not done.acquire(True, -1 if timeout is None else timeout):
+        if not done.acquire(True, _lock_timeout(timeout)):
             raise TimeoutError("the job server did not answer the submit in time")
         task.raise_for_outcome()
         assert task.handle is not None
@@ -143,6 +143,12 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<gearnb.Client servers={self.servers}>"
+
+
+def _lock_timeout(timeout: float | None) -> float:
+    """``timeout`` for ``lock.acquire``: -1 there means forever, and other negative numbers
+    raise; a timeout already spent (a caller's remaining time) must time out at once."""
+    return -1 if timeout is None else max(timeout, 0.0)
 
 
 def _ended(task: Task) -> _thread.LockType:
