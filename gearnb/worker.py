@@ -121,6 +121,10 @@ class _ServerConn:
         self.retry_at = 0.0
         self.sleeping = False
         self.lock = threading.Lock()  # job.send_* may be called from the job's own threads
+        # Called with the socket before it is closed: the Worker's selector forgets it first.
+        # (epoll keeps a closed socket while a forked child holds a copy of it; the DEL sent
+        # later for its fd number would hit the next socket given that number.)
+        self.on_close: Callable[[socket.socket], None] | None = None
 
     def connect(self, hello: bytes) -> bool:
         host, port = split_address(self.address)
@@ -150,6 +154,8 @@ class _ServerConn:
     def drop(self, why: str) -> None:
         if self.sock is not None:
             log.warning("lost job server %s: %s", self.address, why)
+            if self.on_close is not None:
+                self.on_close(self.sock)
             try:
                 self.sock.close()
             except OSError:
@@ -238,6 +244,8 @@ class Worker:
         self.exception_packets = exception_packets
         self.functions: dict[bytes, tuple[Callable[[Job], Any], int | None]] = {}
         self._conns = [_ServerConn(a, max_packet_size, ssl) for a in self.servers]
+        for conn in self._conns:
+            conn.on_close = self._forget
         # A plain flag, not a threading.Event: stop() runs in signal handlers, and Event.set()
         # takes a lock that a second SIGTERM arriving inside the first handler would wait on
         # forever (the same thread holds it).
@@ -322,12 +330,23 @@ class Worker:
                 signal.signal(signum, handler)
             wake_r, wake_w = self._wake_r, self._wake_w
             self._wake_r = self._wake_w = None
+            self._forget(wake_r)
             wake_r.close()
             wake_w.close()
             for conn in self._conns:
                 if conn.sock is not None:
+                    self._forget(conn.sock)
                     conn.sock.close()
                     conn.sock = None
+
+    def _forget(self, sock: socket.socket) -> None:
+        """Unregister ``sock`` from the sleep selector, before it is closed (see on_close)."""
+        selector = self._selector
+        if selector is not None:
+            try:
+                selector.unregister(sock)
+            except (KeyError, ValueError):
+                pass  # not registered (never slept since it was opened)
 
     def _ensure_connected(self) -> list[_ServerConn]:
         now = time.monotonic()

@@ -77,6 +77,65 @@ def test_a_worker_can_work_again_and_stop_wakes_it_each_time(server_address):
             assert not thread.is_alive(), f"stop() did not wake the sleeping worker (round {round})"
 
 
+def test_a_worker_whose_job_forked_still_sleeps_and_wakes_after_a_reconnect():
+    # A job forks (as a fork-started multiprocessing pool does): the child holds a copy of the
+    # worker's socket, so closing it does not take it out of the worker's epoll set. After the
+    # server restarts, the worker must have forgotten the old socket before closing it, or
+    # its new socket (same fd number) sleeps beside a dead one that always reads as ready.
+    from peers import GearnbProcess
+
+    children = []
+
+    def forky(job):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(20)
+            os._exit(0)
+        children.append(pid)
+        return b"forked"
+
+    def slow(job):
+        time.sleep(1.5)
+        return b"ok"
+
+    server = GearnbProcess().start()
+    worker = gearnb.Worker(server.address)
+    for name, fn in (("forky", forky), ("slow", slow), ("reverse", reverse)):
+        worker.register(name, fn)
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    try:
+        with gearnb.Client(server.address) as client:
+            assert client.do("forky", timeout=10) == b"forked"
+            time.sleep(0.3)  # asleep: its socket is registered
+            client.do_background("slow")
+        time.sleep(0.3)  # inside the slow job
+        server.stop()
+        server = GearnbProcess(port=server.port).start()
+        wait_workers(server.address, "reverse", timeout=15)  # its result failed; it reconnected
+        time.sleep(0.3)  # asleep on the new socket
+        # What the kernel's epoll set holds: exactly what the worker's selector knows (the
+        # wake-up socket and the new connection), no dead socket kept alive by the child.
+        epoll_fd = worker._selector.fileno()
+        with open(f"/proc/self/fdinfo/{epoll_fd}") as info:
+            watched = [line for line in info if line.startswith("tfd:")]
+        assert len(watched) == len(worker._selector.get_map()) == 2, watched
+        with gearnb.Client(server.address) as client:
+            started = time.monotonic()
+            assert client.do("reverse", b"abc", timeout=20) == b"cba"
+            assert time.monotonic() - started < 5, "the worker was stuck reading a dead socket"
+        time.sleep(0.3)
+        worker.stop()
+        thread.join(10)
+        assert not thread.is_alive(), "stop() did not wake the sleeping worker"
+    finally:
+        worker.stop()
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        server.stop()
+
+
 def test_worker_woken_for_one_job_still_drains_a_burst(server_address):
     """A worker woken (NOOP) for a single job; 50 more are queued while it runs. It must take
     them at once after that job, not after its 30 s sleep poll, through gearmand and gearnb."""
