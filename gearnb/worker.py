@@ -432,10 +432,9 @@ class Worker:
                 conn.drop(str(exc))
                 continue
             wanted[conn.sock] = conn
+        # Sockets leave the selector before they are closed (_forget), so what is registered
+        # is a subset of what is wanted here.
         registered = selector.get_map()
-        for key in list(registered.values()):
-            if key.fileobj not in wanted or wanted[key.fileobj] is not key.data:
-                selector.unregister(key.fileobj)  # closed: dropped, or left by an earlier work()
         for fileobj, conn in wanted.items():
             if fileobj not in registered:
                 selector.register(fileobj, selectors.EVENT_READ, conn)

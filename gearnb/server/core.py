@@ -100,18 +100,38 @@ class JobServer:
         self._reads_seen = 0
 
     # -- plumbing -----------------------------------------------------------------------
-    def flush(self) -> None:
+    def flush(self, hold_busy_clients: bool = False) -> None:
         """Write every connection's queued output, one write call each.
 
         The persistent queue commits first: no JOB_CREATED leaves before its job is stored.
+        ``hold_busy_clients`` (at the end of a turn): while the loop keeps finding reads, a
+        client with many jobs outstanding keeps its replies for another turn (see
+        BATCH_MIN_CLIENT_JOBS); workers and other clients are written to at once.
         """
         if self.queue is not None:
             self.queue.commit()
         dirty = self.dirty
-        if dirty:
-            self.dirty = []
-            for conn in dirty:
+        if not dirty:
+            return
+        self.dirty = []
+        if hold_busy_clients:
+            hold_busy_clients = self._reads != self._reads_seen
+            self._reads_seen = self._reads
+        held = []
+        for conn in dirty:
+            if (hold_busy_clients and conn.held_turns < BATCH_MAX_TURNS and not conn.abilities
+                    and len(conn.client_jobs) >= BATCH_MIN_CLIENT_JOBS and conn.out_bytes < BATCH_MAX_BYTES
+                    and not conn.closed):
+                conn.held_turns += 1
+                held.append(conn)
+            else:
                 conn.flush()
+        if held:
+            # Nothing else can have been queued meanwhile: handlers do not run in here.
+            self.dirty = held
+            self._flush_scheduled = True
+            assert self._call_soon is not None
+            self._call_soon(self._scheduled_flush)  # the loop polls without blocking first
 
     def flush_soon(self) -> None:
         """Flush at the end of this turn of the event loop: the replies that several
@@ -127,32 +147,8 @@ class JobServer:
             call_soon(self._scheduled_flush)
 
     def _scheduled_flush(self) -> None:
-        """End of a turn: write what workers and most clients wait for; hold a busy client's
-        replies for another turn while the loop keeps finding work (see BATCH_MIN_CLIENT_JOBS)."""
         self._flush_scheduled = False
-        if self.queue is not None:
-            self.queue.commit()
-        dirty = self.dirty
-        if not dirty:
-            return
-        self.dirty = []
-        busy = self._reads != self._reads_seen
-        self._reads_seen = self._reads
-        held = []
-        for conn in dirty:
-            if (busy and conn.held_turns < BATCH_MAX_TURNS and not conn.abilities
-                    and len(conn.client_jobs) >= BATCH_MIN_CLIENT_JOBS and conn.out_bytes < BATCH_MAX_BYTES
-                    and not conn.closed):
-                conn.held_turns += 1
-                held.append(conn)
-            else:
-                conn.flush()
-        if held:
-            # Nothing else can have been queued meanwhile: handlers do not run in here.
-            self.dirty = held
-            self._flush_scheduled = True
-            assert self._call_soon is not None
-            self._call_soon(self._scheduled_flush)  # the loop polls without blocking first
+        self.flush(hold_busy_clients=True)
 
     def restore(self) -> int:
         """Queue the background jobs kept in the persistent queue (at start-up)."""
