@@ -147,6 +147,13 @@ class Admin:
                 return False
             raise
 
+    def cancel_many(self, handles: list[bytes]) -> list[bool]:
+        """:meth:`cancel` for many handles, the commands sent together (one round trip)."""
+        if not handles:
+            return []
+        self._connect().sendall(b"".join(b"cancel job " + bytes(h) + b"\r\n" for h in handles))
+        return [self._line() == b"OK" for _ in handles]
+
     def maxqueue(self, function: str, *sizes: int) -> None:
         """``maxqueue F N`` (all priorities) or ``maxqueue F HIGH NORMAL LOW``."""
         self.command(" ".join(["maxqueue", function, *map(str, sizes)]))
