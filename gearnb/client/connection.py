@@ -30,13 +30,19 @@ def set_nodelay(sock: socket.socket | None) -> None:
     tune(sock)  # TCP_NODELAY and keepalive (gearnb/sockets.py)
 
 
+def submit_type(task: Task) -> PacketType:
+    """The packet type that submits ``task``."""
+    if task.when is not None:
+        return P.SUBMIT_JOB_EPOCH
+    return SUBMIT_TYPE_FOR[(PRIORITY_NAMES[task.priority], task.background)]
+
+
 def submit_packet(task: Task, namespace: bytes = b"") -> bytes:
     function = namespace + task.function if namespace else task.function
     if task.when is not None:
         return request(P.SUBMIT_JOB_EPOCH, function, task.unique,
                        str(int(task.when)).encode(), task.data)
-    ptype = SUBMIT_TYPE_FOR[(PRIORITY_NAMES[task.priority], task.background)]
-    return request(ptype, function, task.unique, task.data)
+    return request(submit_type(task), function, task.unique, task.data)
 
 
 class ClientConnection(asyncio.BufferedProtocol):
@@ -183,7 +189,10 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         if ptype == P.ERROR:
             item = self._pop_any()
-            error = ServerError(args[0].decode(errors="replace"), args[1].decode(errors="replace"), self.address)
+            # Named for the error's wording where a server lacks the feature (the Perl server).
+            refused = None if item is None or isinstance(item, asyncio.Future) else submit_type(item).name
+            error = ServerError(args[0].decode(errors="replace"), args[1].decode(errors="replace"), self.address,
+                                request=refused)
             if item is None:
                 log.warning("job server %s: %s", self.address, error)
             elif isinstance(item, asyncio.Future):
