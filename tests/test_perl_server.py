@@ -1,23 +1,63 @@
 """gearnb against the Perl job server (Gearman::Server, Debian gearman-server 1.130), the one
 the classic gearman-ruby documentation recommends.
 
-The Perl server has no low priority, no high or low background jobs, no SUBMIT_JOB_EPOCH
-and no admin ``cancel job``: the client's errors name what the server lacks.
+The Perl server has no GRAB_JOB_UNIQ (it answers packet type 30 with ERROR server_error
+"Can't locate object method "CMD_""), no low priority, no high or low background jobs, no
+SUBMIT_JOB_EPOCH and no admin ``cancel job``. gearnb workers fall back to GRAB_JOB there;
+the client's errors name what the server lacks. Also here: the stale-sleeper wake-up test,
+through gearmand, the Perl server and the gearnb server.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import threading
 import time
 from typing import Iterator
 
 import pytest
 
 import gearnb
-from peers import PerlGearmandProcess
+from gearnb.protocol import PacketType as P
+from peers import (GearmandProcess, PerlGearmandProcess, RawConnection, WorkerProcesses,
+                   gearnb_server, wait_until, wait_workers, worker_thread)
+from test_examples import example, finish  # noqa: F401 - the fixture runs examples/ scripts
 
 pytestmark = pytest.mark.timeout(90)
 
+# A Perl-language worker (Gearman::Worker, Debian libgearman-client-perl): perl_reverse, and
+# perl_slow (sleeps 2 s) registered with CAN_DO_TIMEOUT 30, which Perl means as seconds.
+PERL_WORKER = r"""
+use strict;
+use Gearman::Worker;
+$| = 1;
+my $worker = Gearman::Worker->new(job_servers => [$ARGV[0]]);
+$worker->register_function(perl_reverse => sub { return scalar reverse $_[0]->arg; });
+$worker->register_function(perl_slow => 30, sub { sleep 2; return "slept"; });
+print "ready\n";
+$worker->work while 1;
+"""
+
+
+@pytest.fixture
+def perl_worker():
+    """``perl_worker(address)`` starts the Perl worker there; killed after the test."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(address: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(["perl", "-e", PERL_WORKER, address],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline() == "ready\n"
+        wait_workers(address, "perl_slow")
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture
@@ -35,6 +75,100 @@ def perl_server() -> Iterator[PerlGearmandProcess]:
 def client(perl_server) -> Iterator[gearnb.Client]:
     with gearnb.Client(perl_server.address) as c:
         yield c
+
+
+def reverse(job: gearnb.Job) -> bytes:
+    return job.data[::-1]
+
+
+def test_echo_and_do_through_a_gearnb_worker(perl_server, client):
+    assert client.echo(b"hello") == b"hello"
+    with worker_thread(perl_server.address, {"reverse": reverse}) as worker:
+        assert client.do("reverse", b"abc", timeout=20) == b"cba"
+        results = [client.do("reverse", str(i).encode() + b"x", timeout=20) for i in range(20)]
+        assert results == [b"x" + str(i).encode()[::-1] for i in range(20)]
+        assert worker.jobs_done == 21
+        # The fallback is remembered for that server (and kept across reconnects).
+        assert [c.grab[4:8] for c in worker._conns] == [int(P.GRAB_JOB).to_bytes(4, "big")]
+
+
+def test_status_priority_and_exceptions(perl_server, client):
+    def slow(job: gearnb.Job) -> bytes:
+        job.send_status(1, 2)
+        release.wait(20)
+        return b"done"
+
+    def fails(job: gearnb.Job) -> bytes:
+        raise ValueError("no good: " + job.data.decode())
+
+    release = threading.Event()
+    handle = client.do_background("slow", b"", unique="u1")
+    status = client.status(handle)
+    assert (status.known, status.running) == (True, False)
+    with worker_thread(perl_server.address, {"slow": slow, "fails": fails}):
+        wait_until(lambda: client.status(handle).numerator == 1, timeout=20)
+        assert tuple(client.status(handle)) == (True, True, 1, 2)
+        release.set()
+        wait_until(lambda: not client.status(handle).known, timeout=20)
+        assert client.do("slow", b"", priority="high", timeout=20) == b"done"
+        with pytest.raises(gearnb.JobException) as raised:
+            client.do("fails", b"x", timeout=20)
+        assert "ValueError: no good: x" in raised.value.text
+        # WORK_EXCEPTION alone does not end a job on the Perl server: the worker's WORK_FAIL did.
+        with gearnb.Admin(perl_server.address) as admin:
+            assert {s.function: (s.total, s.running) for s in admin.status()}["fails"] == (0, 0)
+
+
+def test_work_data_and_warnings_are_dropped_there(perl_server, client):
+    """The Perl server has no WORK_DATA or WORK_WARNING (it would answer ERROR, which must not
+    be taken for the answer to the next grab): the job's result still arrives, and the worker
+    carries on."""
+    def chatty(job: gearnb.Job) -> bytes:
+        for i in range(3):
+            job.send_data(f"part {i}")
+            job.send_warning("careful")
+        return b"whole"
+
+    with worker_thread(perl_server.address, {"chatty": chatty}) as worker:
+        parts: list[bytes] = []
+        task = gearnb.Task("chatty", b"").on_data(parts.append)
+        taskset = gearnb.TaskSet(client)
+        taskset.add(task)
+        assert taskset.wait(20) and task.result == b"whole" and parts == []
+        assert [client.do("chatty", b"", timeout=20) for _ in range(3)] == [b"whole"] * 3
+        assert worker.jobs_done == 4
+
+
+def test_a_perl_worker_serves_a_gearnb_client(perl_server, client, perl_worker):
+    perl_worker(perl_server.address)
+    assert [client.do("perl_reverse", f"gearnb {i}", timeout=20) for i in range(5)] == [
+        f"{i} bnraeg".encode() for i in range(5)]
+    assert client.do("perl_slow", b"", timeout=20) == b"slept"
+
+
+def test_can_do_timeout_in_seconds_on_the_perl_server(perl_server, client):
+    """A gearnb worker that has recognised the Perl server announces its CAN_DO_TIMEOUT in
+    seconds there: a 1 s timeout fails a 3 s job (the Perl server answers WORK_FAIL; sent in
+    milliseconds it would wait 1000 s). The worker's late WORK_COMPLETE draws ERROR
+    not_worker, which is not taken for the answer to its next grab."""
+    def slow(job: gearnb.Job) -> bytes:
+        time.sleep(3)
+        return b"late"
+
+    worker = gearnb.Worker(perl_server.address)
+    worker.register("slow", slow, timeout=1)
+    worker.register("reverse", reverse)
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(gearnb.JobFailed):
+            client.do("slow", b"", timeout=20)
+        assert worker._conns[0].perl_server
+        assert client.do("reverse", b"abc", timeout=20) == b"cba"
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert worker.jobs_done == 2
 
 
 @pytest.mark.parametrize("options, request_name, lacks", [
@@ -83,3 +217,72 @@ def test_admin_on_the_perl_server(perl_server, client):
         assert raised.value.code == "unknown_command"
         # The job stays queued.
         assert [(s.function, s.total) for s in admin.status()] == [("reverse", 1)]
+
+
+def test_map_with_gearnb_worker_processes(perl_server):
+    key = os.urandom(32)
+    with WorkerProcesses(perl_server.address, processes=2, key=key):
+        executor = gearnb.connect(perl_server.address, key=key)
+        try:
+            assert gearnb.map(lambda x: x * x, range(50), timeout=60) == [x * x for x in range(50)]
+            assert gearnb.submit(pow, 2, 10).result(timeout=60) == 1024
+            assert executor.worker_count() == 2
+        finally:
+            gearnb.shutdown()
+
+
+def test_calculus_example(perl_server, example):  # noqa: F811 - the imported fixture
+    """The calculus example end to end, as a user of the classic docs would run it."""
+    address = perl_server.address
+    worker = example("calculus_worker.py", "--servers", address, "--max-jobs", "5")
+    client = example("calculus_client.py", "--servers", address, "--timeout", "30", "2+3", "8*7", "9/3", "7-10", "1/0")
+    out = finish(client, returncode=1)  # 1/0 failed
+    assert out[out.index("[client] results:"):] == [
+        "[client] results:", "  2+3 = 5", "  8*7 = 56", "  9/3 = 3.0", "  7-10 = -3", "  1/0 = failed"]
+    assert finish(worker)[-1] == "[worker] stopped after 5 jobs"
+
+
+# -- wake-ups that a stale sleeper cannot absorb ------------------------------------------
+# gearmand and the Perl server wake the live sleeper within a millisecond; this leaves room
+# for a server that first waits a grace period for the sleeper it woke.
+WAKE_WITHIN = 5.0
+
+
+@pytest.fixture(params=["gearmand", "perl", "gearnb"])
+def any_server(request) -> Iterator[str]:
+    if request.param == "gearnb":
+        with gearnb_server() as server:
+            yield server.address
+        return
+    daemon = GearmandProcess() if request.param == "gearmand" else PerlGearmandProcess()
+    daemon.start()
+    try:
+        yield daemon.address
+    finally:
+        daemon.stop()
+
+
+def test_a_stale_sleeper_does_not_absorb_the_wake_up(any_server):
+    """Connection A sleeps on f and never reads again (a stopped process, a leaked fd);
+    B sleeps on f after it. A job for f must wake B."""
+    with RawConnection(any_server) as stale, RawConnection(any_server) as live, \
+            RawConnection(any_server) as submitter:
+        for conn in (stale, live):  # A first: the oldest sleeper
+            conn.send(P.CAN_DO, b"f")
+            conn.send(P.PRE_SLEEP)
+            conn.sync()
+        submitter.call(P.SUBMIT_JOB_BG, b"f", b"", b"job", reply=P.JOB_CREATED)
+        try:
+            live.expect(P.NOOP, timeout=WAKE_WITHIN)
+        except TimeoutError:
+            # Looked at only now, when it no longer matters: what went to the stale sleeper.
+            to_stale = []
+            while True:
+                try:
+                    to_stale.append(P(stale.recv(0.2).type).name)
+                except TimeoutError:
+                    break
+            pytest.fail(f"the live sleeper got no NOOP within {WAKE_WITHIN} s; "
+                        f"the stale one was sent {to_stale or 'nothing'}")
+        live.send(P.GRAB_JOB)
+        assert live.expect(P.JOB_ASSIGN)[1:] == (b"f", b"job")
