@@ -10,7 +10,9 @@ reads its answer: a job (run it, send its outcome with the next grab), NO_JOB (n
 or PRE_SLEEP everywhere and wait for a NOOP) or ERROR. A server that answers GRAB_JOB_UNIQ
 with ERROR (the Perl Gearman::Server has no packet type 30) is sent GRAB_JOB from then on,
 across reconnects; ERRORs that answer earlier packets (a result for a job taken back) are
-logged and skipped.
+logged and skipped. ``stop()`` (also SIGTERM, Ctrl-C) shuts the
+read side of every socket, so a worker blocked in recv wakes at once, while a job that is
+running can still send its result.
 """
 
 from __future__ import annotations
@@ -142,6 +144,8 @@ class _ServerConn:
         self.grab = GRAB_UNIQ
         self.perl_server = False
         self._dropped_updates = False  # WORK_DATA / WORK_WARNING dropped: said once
+        # Set by stop_reading(): the EOF that follows is ours, not the server's.
+        self.reading_stopped = False
         self.lock = threading.Lock()  # job.send_* may be called from the job's own threads
         # Called with the socket before it is closed: the Worker's selector forgets it first.
         # (epoll keeps a closed socket while a forked child holds a copy of it; the DEL sent
@@ -171,11 +175,15 @@ class _ServerConn:
         self.packets = []
         self.failures = 0
         self.sleeping = False
+        self.reading_stopped = False
         return True
 
     def drop(self, why: str) -> None:
         if self.sock is not None:
-            log.warning("lost job server %s: %s", self.address, why)
+            if self.reading_stopped:
+                log.debug("closing the connection to job server %s (stopping)", self.address)
+            else:
+                log.warning("lost job server %s: %s", self.address, why)
             if self.on_close is not None:
                 self.on_close(self.sock)
             try:
@@ -185,6 +193,21 @@ class _ServerConn:
         self.sock = None
         self.failures += 1
         self.retry_at = time.monotonic() + BACKOFF_FIRST
+
+    def stop_reading(self) -> None:
+        """Shut the read side of the socket: a recv blocked in another thread (or in this one,
+        interrupted by a signal whose handler calls this) returns EOF at once. Sending still
+        works, so a job that is running can report its outcome. Safe from any thread."""
+        sock = self.sock
+        if sock is None:
+            return
+        self.reading_stopped = True
+        try:
+            # socket.socket's own shutdown, also for TLS: SSLSocket.shutdown would drop the
+            # TLS state, and a result sent afterwards would leave unencrypted.
+            socket.socket.shutdown(sock, socket.SHUT_RD)
+        except OSError:
+            pass  # closed or not connected: nothing waits on it
 
     def send(self, data: bytes) -> None:
         sock = self.sock
@@ -342,7 +365,7 @@ class Worker:
     # -- running ------------------------------------------------------------------------
     def stop(self) -> None:
         """Ask :meth:`work` to return after the current job (safe from any thread, and from
-        signal handlers)."""
+        signal handlers). A worker waiting for a server's reply or asleep returns at once."""
         self._stopping = True
         wake = self._wake_w
         if wake is not None:
@@ -350,6 +373,10 @@ class Worker:
                 wake.send(b"x")
             except OSError:  # full (it is non-blocking: many signals), or work() has just closed it
                 pass
+        # After the flag: a socket that work() connects later is seen by its next flag check.
+        # Nothing is added to the per-job path, and it works from any thread.
+        for conn in self._conns:
+            conn.stop_reading()
 
     def work(self, max_jobs: int | None = None) -> None:
         """Grab and run jobs until :meth:`stop`, SIGTERM, Ctrl-C or ``max_jobs`` done.

@@ -1,5 +1,5 @@
 """gearnb against the Perl job server (Gearman::Server, Debian gearman-server 1.130), the one
-the classic gearman-ruby documentation recommends.
+the classic gearman-ruby documentation recommends; and stopping workers that wait for a reply.
 
 The Perl server has no GRAB_JOB_UNIQ (it answers packet type 30 with ERROR server_error
 "Can't locate object method "CMD_""), no low priority, no high or low background jobs, no
@@ -21,11 +21,17 @@ import pytest
 
 import gearnb
 from gearnb.protocol import PacketType as P
+from gearnb.worker import GRAB_UNIQ
 from peers import (GearmandProcess, PerlGearmandProcess, RawConnection, WorkerProcesses,
                    gearnb_server, wait_until, wait_workers, worker_thread)
 from test_examples import example, finish  # noqa: F401 - the fixture runs examples/ scripts
 
 pytestmark = pytest.mark.timeout(90)
+
+# Bounds for a worker to notice stop() / SIGTERM. Without the wake-up it waited up to the
+# worker's REPLY_TIMEOUT (60 s) in recv, and `gearnb worker` up to its 30 s kill deadline.
+STOP_WITHIN = 2.0
+LAUNCHER_EXIT_WITHIN = 5.0
 
 # A Perl-language worker (Gearman::Worker, Debian libgearman-client-perl): perl_reverse, and
 # perl_slow (sleeps 2 s) registered with CAN_DO_TIMEOUT 30, which Perl means as seconds.
@@ -240,6 +246,76 @@ def test_calculus_example(perl_server, example):  # noqa: F811 - the imported fi
     assert out[out.index("[client] results:"):] == [
         "[client] results:", "  2+3 = 5", "  8*7 = 56", "  9/3 = 3.0", "  7-10 = -3", "  1/0 = failed"]
     assert finish(worker)[-1] == "[worker] stopped after 5 jobs"
+
+
+# -- stopping ------------------------------------------------------------------------------
+def _queued_bytes(port: int) -> list[int]:
+    """Bytes waiting unread in each established connection to ``port`` on 127.0.0.1
+    (from /proc/net/tcp; while the server is stopped, connections wait in its accept queue)."""
+    waiting = []
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            local, state, queues = fields[1], fields[3], fields[4]
+            if local == f"0100007F:{port:04X}" and state == "01":
+                waiting.append(int(queues.split(":")[1], 16))
+    return waiting
+
+
+def test_stop_wakes_a_worker_waiting_for_a_reply(perl_server):
+    """The server hangs (SIGSTOP) while the worker waits for the answer to its grab."""
+    worker = gearnb.Worker(perl_server.address)
+    worker.register("reverse", reverse)
+    sent = len(worker._hello()) + len(GRAB_UNIQ)  # everything it sends before it waits
+    perl_server.proc.send_signal(signal.SIGSTOP)
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    wait_until(lambda: _queued_bytes(perl_server.port) == [sent], timeout=20)
+    started = time.monotonic()
+    worker.stop()
+    thread.join(STOP_WITHIN * 5)
+    took = time.monotonic() - started
+    assert not thread.is_alive() and took < STOP_WITHIN, f"work() returned {took:.1f} s after stop()"
+
+
+def test_stop_wakes_a_sleeping_worker(perl_server, client):
+    worker = gearnb.Worker(perl_server.address)
+    worker.register("reverse", reverse)
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    try:
+        assert client.do("reverse", b"ab", timeout=20) == b"ba"
+        wait_until(lambda: worker._selector is not None, timeout=20)  # it has gone to sleep
+    finally:
+        started = time.monotonic()
+        worker.stop()
+        thread.join(STOP_WITHIN * 5)
+    took = time.monotonic() - started
+    assert not thread.is_alive() and took < STOP_WITHIN, f"work() returned {took:.1f} s after stop()"
+
+
+@pytest.mark.parametrize("hung", [False, True], ids=["idle", "server-hung"])
+def test_gearnb_worker_exits_on_sigterm(perl_server, hung):
+    """`gearnb worker --processes 2` exits on SIGTERM at once, its children asleep or waiting
+    in recv for a server that hangs."""
+    key = os.urandom(32)
+    launcher = WorkerProcesses(perl_server.address, processes=2, key=key)
+    if hung:
+        probe = gearnb.Worker()
+        probe.register("pyexec", reverse)
+        sent = len(probe._hello()) + len(GRAB_UNIQ)
+        perl_server.proc.send_signal(signal.SIGSTOP)
+        launcher.start(wait=False)
+        wait_until(lambda: _queued_bytes(perl_server.port) == [sent, sent], timeout=60)
+    else:
+        launcher.start()
+    assert launcher.proc is not None and len(launcher.child_pids()) == 2
+    started = time.monotonic()
+    launcher.proc.terminate()
+    launcher.proc.wait(30)
+    took = time.monotonic() - started
+    assert launcher.proc.returncode == 0 and took < LAUNCHER_EXIT_WITHIN, f"exited {took:.1f} s after SIGTERM"
 
 
 # -- wake-ups that a stale sleeper cannot absorb ------------------------------------------
