@@ -22,7 +22,7 @@ import pytest
 import gearnb
 from gearnb.protocol import PacketType as P
 from gearnb.worker import GRAB_UNIQ
-from peers import (GearmandProcess, PerlGearmandProcess, RawConnection, WorkerProcesses,
+from peers import (GearmandProcess, GearnbProcess, PerlGearmandProcess, RawConnection, WorkerProcesses,
                    gearnb_server, wait_until, wait_workers, worker_thread)
 from test_examples import example, finish  # noqa: F401 - the fixture runs examples/ scripts
 
@@ -175,6 +175,24 @@ def test_can_do_timeout_in_seconds_on_the_perl_server(perl_server, client):
         worker.stop()
         thread.join(10)
     assert worker.jobs_done == 2
+
+
+@pytest.mark.parametrize("seconds", [True, False], ids=["--can-do-timeout-seconds", "milliseconds"])
+def test_gearnb_server_reads_perl_workers_timeouts(seconds, perl_worker):
+    """A Perl worker's CAN_DO_TIMEOUT 30 (seconds) through `gearnb server`: with
+    --can-do-timeout-seconds a 2 s job completes; read as gearmand does (30 ms, raised to
+    1 s) the server takes the job back after 1 s, again and again, and it never completes."""
+    server = GearnbProcess(*(["--can-do-timeout-seconds"] if seconds else [])).start()
+    try:
+        perl_worker(server.address)
+        with gearnb.Client(server.address) as c:
+            if seconds:
+                assert c.do("perl_slow", b"", timeout=30) == b"slept"
+            else:
+                with pytest.raises(TimeoutError):
+                    c.do("perl_slow", b"", timeout=5)
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("options, request_name, lacks", [

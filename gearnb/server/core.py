@@ -51,8 +51,11 @@ class JobServer:
         handle_prefix: str | None = None,
         exceptions_default: bool = False,
         queue: Queue | None = None,
+        can_do_timeout_seconds: bool = False,
     ) -> None:
         self.max_packet_size = max_packet_size
+        # CAN_DO_TIMEOUT in seconds, as the Perl Gearman::Server reads it and Perl workers send it.
+        self.can_do_timeout_seconds = can_do_timeout_seconds
         # gearmand 1.1.x: 0 means unlimited; N means a job whose worker died N times is failed.
         self.job_retries = job_retries
         self.exceptions_default = exceptions_default
@@ -308,8 +311,8 @@ class JobServer:
             raise ProtocolError("CAN_DO_TIMEOUT: the timeout is not a number") from None
         if timeout > 0:
             # Milliseconds, as gearmand >= 1.1.19, which also raises anything below 1 s to 1 s
-            # (0 or negative: no timeout).
-            conn.timeouts[function.name] = max(timeout, 1000)
+            # (0 or negative: no timeout); seconds for Perl worker fleets (see __init__).
+            conn.timeouts[function.name] = timeout * 1000 if self.can_do_timeout_seconds else max(timeout, 1000)
         self._add_ability(conn, function)
 
     def _add_ability(self, conn: Connection, function: Function) -> None:
