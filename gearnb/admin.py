@@ -80,7 +80,7 @@ class Admin:
         line = self._line().decode(errors="replace")
         if line.startswith("ERR "):
             _, code, *rest = line.split(" ", 2)
-            raise ServerError(code, rest[0].replace("+", " ") if rest else "", self.server)
+            raise ServerError(code, rest[0].replace("+", " ") if rest else "", self.server, request=text)
         return line
 
     def list_command(self, text: str) -> list[str]:
@@ -93,7 +93,7 @@ class Admin:
                 return lines
             if not lines and line.startswith("ERR "):
                 _, code, *rest = line.split(" ", 2)
-                raise ServerError(code, rest[0].replace("+", " ") if rest else "", self.server)
+                raise ServerError(code, rest[0].replace("+", " ") if rest else "", self.server, request=text)
             lines.append(line)
 
     def status(self) -> list[FunctionStatus]:

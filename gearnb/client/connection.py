@@ -190,7 +190,10 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         if ptype == PT.ERROR:
             item = self._pop_any()
-            error = ServerError(args[0].decode(errors="replace"), args[1].decode(errors="replace"), self.address)
+            # Named for the error's wording where a server lacks the feature (the Perl server).
+            refused = None if item is None or isinstance(item, asyncio.Future) else PT_NAMES[item.submit_type]
+            error = ServerError(args[0].decode(errors="replace"), args[1].decode(errors="replace"), self.address,
+                                request=refused)
             if item is None:
                 log.warning("job server %s: %s", self.address, error)
             elif isinstance(item, asyncio.Future):
