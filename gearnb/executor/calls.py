@@ -123,10 +123,12 @@ class PyexecCalls:
             try:
                 with Admin(server, timeout=ADMIN_TIMEOUT, ssl=self.ssl) as admin:
                     answers = admin.cancel_many([jobs[i].handle or b"" for i in indices])
-                for i, answer in zip(indices, answers):
-                    dropped[i] = answer
             except (OSError, ServerError) as exc:
-                log.warning("could not cancel %d jobs on %s: %s", len(indices), server, exc)
+                log.warning("could not cancel %d queued jobs on %s, which stay queued there: %s",
+                            len(indices), server, exc)
+                continue
+            for i, answer in zip(indices, answers):
+                dropped[i] = answer
         return dropped
 
 
