@@ -12,7 +12,7 @@ from .protocol import DEFAULT_MAX_PACKET_SIZE
 
 
 def _server(args: argparse.Namespace) -> int:
-    from .cluster import die_with_parent
+    from .supervisor import die_with_parent
     from .server import serve
 
     die_with_parent()
