@@ -132,6 +132,34 @@ def test_import_gearnb_registers_the_backend(first):
     assert out.stdout.split() == ["GearnbBackend", "True"]
 
 
+def test_after_import_hook_runs_after_the_module_and_never_breaks_it(tmp_path, monkeypatch, caplog):
+    """The one-shot hook behind the registration, on modules made here: ``fn`` runs once the
+    module's code has run; an ``fn`` that raises is logged and the import still succeeds."""
+    from gearnb._after_import import call_after_import
+
+    for name in ("gearnb_probe_a", "gearnb_probe_b"):
+        (tmp_path / f"{name}.py").write_text("READY = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    call_after_import("gearnb_probe_a", lambda: seen.append(sys.modules["gearnb_probe_a"].READY))
+
+    def broken():
+        raise RuntimeError("registration failed")
+
+    call_after_import("gearnb_probe_b", broken)
+    try:
+        import gearnb_probe_a  # noqa: F401
+        import gearnb_probe_b
+        assert seen == [True]
+        assert gearnb_probe_b.READY and gearnb_probe_b.__loader__ is gearnb_probe_b.__spec__.loader
+        assert "registration failed" in caplog.text
+        call_after_import("gearnb_probe_a", lambda: seen.append("again"))  # imported already: at once
+        assert seen == [True, "again"]
+    finally:
+        for name in ("gearnb_probe_a", "gearnb_probe_b"):
+            sys.modules.pop(name, None)
+
+
 # -- scikit-learn ---------------------------------------------------------------------------
 def test_gridsearch_gives_loky_results(local2):
     X, y = small_digits()
