@@ -20,10 +20,10 @@ Every cluster is started first (``set-up s``), then warmed with one small fit (2
 on 200 samples, ``first small fit s``: the workers import scikit-learn). Then the runs are
 interleaved, run 1 of every backend, then run 2, each round in a rotated order, so the
 machine's drift over minutes falls on all of them alike. ``best s`` and ``median s`` are over
-the runs; ``/ loky`` divides a backend's best time by loky's (below 1: faster than loky).
-``CPU s`` is the CPU time (user + system) of this process and every process below it during
-the backend's best run, read from /proc: on a 2-core machine shared with other work, wall time
-moves more than CPU time. A ``sequential`` row (``n_jobs=1``, in this process, one run) gives
+the runs; ``best / loky`` and ``median / loky`` divide a backend's time by loky's (below 1:
+faster than loky). ``CPU s`` is the median CPU time (user + system) of this process and every
+process below it over the runs, read from /proc: on a 2-core machine shared with other work,
+wall time moves more than CPU time. A ``sequential`` row (``n_jobs=1``, in this process, one run) gives
 the single-core time. Every backend's ``cv_results_`` scores and ``best_params_`` are compared
 with the first backend's: they must be identical. Exits 0, or 1 if a result differs or a step
 failed. A command, not a test. See bench/README.md.
@@ -188,21 +188,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"  sequential: {seconds:.2f} s", flush=True)
 
     loky_best = min(rows["loky"]["runs"]) if rows.get("loky", {}).get("runs") else None
-    table = [("backend", "set-up s", "first small fit s", "best s", "median s", "runs", "/ loky",
-              "fits/s", "CPU s")]
+    loky_median = statistics.median(rows["loky"]["runs"]) if loky_best else None
+    table = [("backend", "set-up s", "first small fit s", "runs", "best s", "median s", "best / loky",
+              "median / loky", "fits/s (best)", "CPU s (median)")]
     for name, row in rows.items():
-        best = min(row["runs"])
+        best, median = min(row["runs"]), statistics.median(row["runs"])
         table.append((
             "sequential (n_jobs=1, this process)" if name == "sequential" else title(name, args.workers),
             f"{row['setup']:.2f}" if "setup" in row else "-",
             f"{row['first']:.2f}" if "first" in row else "-",
-            f"{best:.2f}", f"{statistics.median(row['runs']):.2f}", str(len(row["runs"])),
+            str(len(row["runs"])), f"{best:.2f}", f"{median:.2f}",
             f"{best / loky_best:.2f}x" if loky_best else "-",
-            f"{fits / best:.1f}",
-            f"{row['cpu'][row['runs'].index(best)]:.1f}",
+            f"{median / loky_median:.2f}x" if loky_median else "-",
+            f"{fits / best:.1f}", f"{statistics.median(row['cpu']):.1f}",
         ))
     print()
-    print_table(table, right=(1, 2, 3, 4, 5, 6, 7, 8))
+    print_table(table, right=tuple(range(1, 10)))
     assert reference is not None
     print(f"best params {reference[1].best_params_}, best score {reference[1].best_score_:.4f}; "
           f"highest load average seen: {peak_load:.1f}")

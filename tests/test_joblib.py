@@ -1,8 +1,8 @@
 """The "gearnb" joblib backend: joblib.Parallel and scikit-learn on real gearnb workers.
 
-Against a real local cluster (gearnb.local: the bundled server and worker processes), and
-against gearmand and the gearnb server with ``gearnb worker --processes 2``; results compared
-with loky's. Tasks that must overlap meet at files in a temporary directory (the workers run
+Against a real local cluster (gearnb.local: the bundled gearnb server and worker processes)
+and against a real gearmand with ``gearnb worker --processes 2``; scikit-learn's results
+compared with loky's and with a sequential run. Tasks that must overlap meet at files in a temporary directory (the workers run
 on this machine), so nothing here depends on how fast the machine is.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import textwrap
@@ -94,6 +95,13 @@ def pid_when_two_met(directory: str) -> int:
     return os.getpid()
 
 
+def busy_task(i, directory):
+    """Marks that it ran, then keeps its worker busy: later batches stay queued meanwhile."""
+    pathlib.Path(directory, str(i)).touch()
+    time.sleep(0.5)
+    return i
+
+
 class MeetingClassifier(ClassifierMixin, BaseEstimator):
     """Predicts the most frequent class; ``fit`` first waits until fits met in two processes."""
 
@@ -109,6 +117,13 @@ class MeetingClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         return np.full(len(X), self.majority_)
+
+
+def idle(server: str) -> bool:
+    """No pyexec job running on the job server (gearmand counts cancelled jobs as queued until
+    a worker dequeues them, so only running jobs are looked at)."""
+    with gearnb.Admin(server) as admin:
+        return all(s.running == 0 for s in admin.status() if s.function == "pyexec")
 
 
 # -- registration -------------------------------------------------------------------------
@@ -214,9 +229,7 @@ def test_error_cancels_the_queued_batches(cluster, tmp_path):
     def task(i, directory=str(tmp_path)):
         if i == 0:
             raise ValueError("boom in task 0")
-        pathlib.Path(directory, str(i)).touch()
-        time.sleep(0.5)  # keeps its worker busy: the other batches stay queued
-        return i
+        return busy_task(i, directory)
 
     executor, server_address = cluster
     with parallel_config(backend="gearnb", executor=executor):
@@ -224,15 +237,56 @@ def test_error_cancels_the_queued_batches(cluster, tmp_path):
             Parallel(n_jobs=2, batch_size=1, pre_dispatch="all")(delayed(task)(i) for i in range(40))
     assert "boom in task 0" in str(caught.value.__cause__)  # the remote traceback
 
-    def idle() -> bool:
-        with gearnb.Admin(server_address) as admin:
-            return all(s.running == 0 for s in admin.status() if s.function == "pyexec")
-
-    wait_until(idle, timeout=60)
+    wait_until(lambda: idle(server_address), timeout=60)
     ran = len(list(tmp_path.iterdir()))
     assert 0 <= ran < 20, f"{ran} of 39 batches ran after the error"
     with parallel_config(backend="gearnb", executor=executor):  # the executor is still usable
         assert Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(10)) == list(range(10))
+
+
+def test_ctrl_c_cancels_the_queued_batches(local2, tmp_path):
+    """SIGINT while Parallel waits (a Jupyter interrupt): KeyboardInterrupt, and the batches
+    queued on the server are cancelled; the cluster then serves the next call."""
+    main = threading.get_ident()
+    server = local2.servers[0]
+
+    def all_submitted() -> bool:
+        with gearnb.Admin(server) as admin:
+            status = [s for s in admin.status() if s.function == "pyexec"]
+        started = len(list(tmp_path.iterdir()))
+        return sum(s.total for s in status) + started - sum(s.running for s in status) >= 40
+
+    def interrupt_once_waiting():
+        # Once every batch is on the server, Parallel is waiting for results: interrupt it there.
+        wait_until(all_submitted, timeout=MEET_TIMEOUT)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt_once_waiting)
+    interrupter.start()
+    try:
+        with parallel_config(backend="gearnb", executor=local2):
+            with pytest.raises(KeyboardInterrupt):
+                Parallel(n_jobs=2, batch_size=1, pre_dispatch="all")(
+                    delayed(busy_task)(i, str(tmp_path)) for i in range(40))
+    finally:
+        interrupter.join(MEET_TIMEOUT)
+    wait_until(lambda: idle(server), timeout=60)
+    ran = len(list(tmp_path.iterdir()))
+    assert ran < 20, f"{ran} of 40 batches ran after Ctrl-C"
+    with parallel_config(backend="gearnb", executor=local2):
+        assert Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(4)) == [0, 1, 2, 3]
+
+
+def test_a_generator_dropped_early_cancels_the_rest(local2, tmp_path):
+    with parallel_config(backend="gearnb", executor=local2):
+        results = Parallel(n_jobs=2, batch_size=1, pre_dispatch="all", return_as="generator")(
+            delayed(busy_task)(i, str(tmp_path)) for i in range(40))
+        assert next(results) == 0
+        with pytest.warns(UserWarning, match="cancelled"):  # joblib's own warning
+            del results
+    wait_until(lambda: idle(local2.servers[0]), timeout=60)
+    ran = len(list(tmp_path.iterdir()))
+    assert 1 <= ran < 20, f"{ran} of 40 batches ran after the generator was dropped"
 
 
 def test_generator_yields_before_later_calls_finish(local2, tmp_path):
