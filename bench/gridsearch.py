@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """scikit-learn's GridSearchCV on three joblib backends: loky, dask's and gearnb's.
 
-    python bench/gridsearch.py                 # 5 x 5 grid, cv=5, 3 runs each (about 3-5 minutes on 2 cores)
+    python bench/gridsearch.py                 # 5 x 5 grid, cv=5, 3 runs each (about 4-6 minutes on 2 cores)
     python bench/gridsearch.py --quick         # 3 x 3 grid, cv=3, 1 run each, no sequential row
     python bench/gridsearch.py --only loky,gearnb --repeat 5
 
