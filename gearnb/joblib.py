@@ -8,7 +8,8 @@
 
 This module owns the ``"gearnb"`` backend and its registration (``joblib.register_parallel_backend``,
 done when this module is imported; ``import gearnb`` imports it as soon as joblib is imported, see
-``gearnb/_after_import.py``). It uses joblib's public backend API and gearnb's public Executor API.
+``gearnb/_after_import.py``). It uses joblib's public backend API and gearnb's public API
+(Executor, its futures, Admin).
 
 Order of calls, all made by ``joblib.Parallel``: ``configure`` (n_jobs=-1 becomes the cluster's
 worker count) -> ``start_call`` (a callback thread) -> ``submit`` for each batch of calls joblib
@@ -37,6 +38,7 @@ import warnings
 from typing import Any, Callable
 
 import joblib
+# joblib.parallel re-exports these "so that 3rd party backend implementers can import them from here"
 from joblib.parallel import AutoBatchingMixin, ParallelBackendBase
 
 from .admin import Admin
