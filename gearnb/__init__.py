@@ -25,3 +25,14 @@ __all__ = [
     "connect", "default_executor", "imap", "imap_unordered", "local", "map", "report", "shutdown", "submit",
     "wait",
 ]
+
+# The "gearnb" joblib backend (gearnb/joblib.py), registered once joblib is imported: importing
+# joblib here would double gearnb's import time, in every worker process too.
+from ._after_import import call_after_import as _call_after_import  # noqa: E402
+
+
+def _register_joblib_backend() -> None:
+    from . import joblib  # noqa: F401 - registers the backend on import
+
+
+_call_after_import("joblib", _register_joblib_backend)

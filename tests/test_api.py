@@ -193,6 +193,26 @@ def test_cancel_drops_a_queued_job(executor, server_address, tmp_path):
     assert not blockers[0].cancel()  # finished: cannot cancel
 
 
+def test_cancel_of_a_running_call_returns_false_and_the_result_still_comes(executor, server_address):
+    future = executor.submit(time.sleep, 1.0)
+
+    def running() -> int:
+        with gearnb.Admin(server_address) as admin:
+            return sum(s.running for s in admin.status() if s.function == "pyexec")
+
+    wait_until(lambda: running() == 1)
+    assert not future.cancel()  # concurrent.futures: a running future cannot be cancelled
+    assert future.result(30) is None and not future.cancelled()
+
+
+def test_an_argument_that_does_not_pickle_raises_at_submit(executor):
+    with pytest.raises(TypeError):
+        executor.submit(len, threading.Lock())
+    started = time.monotonic()
+    executor.shutdown(wait=True)  # no future of it is left pending
+    assert time.monotonic() - started < 10
+
+
 def test_call_a_plain_gearman_function(executor):
     assert executor.call("addition", [2, 3]) == 5
     assert executor.call("division", [9, 3]) == 3.0

@@ -127,6 +127,11 @@ class Client:
         handle = handle.encode() if isinstance(handle, str) else handle
         return self._io.run(self._core.status(handle, server), timeout)
 
+    def statuses(self, handles: list[JobHandle], timeout: float = 10) -> list[JobStatus]:
+        """:meth:`status` of many handles (each asked of the server it came from), pipelined."""
+        jobs = [(bytes(h), self._core.own_server(getattr(h, "server", None)) or self.servers[0]) for h in handles]
+        return self._io.run(self._core.statuses(jobs), timeout)
+
     def status_unique(self, unique: bytes | str, server: str | None = None,
                       timeout: float = 10) -> tuple[JobStatus, int]:
         """GET_STATUS_UNIQUE: the status of the job with that unique, and its client count."""

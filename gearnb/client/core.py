@@ -262,6 +262,10 @@ class ClientCore:
                 return last
         return last
 
+    async def statuses(self, jobs: list[tuple[bytes, str]]) -> list[JobStatus]:
+        """GET_STATUS of many ``(handle, server)`` at once: pipelined, one round trip per server."""
+        return list(await asyncio.gather(*(self.status(handle, server) for handle, server in jobs)))
+
     async def close(self) -> None:
         self.closed = True
         for state in self.servers:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..admin import Admin
 from ..client.submission import Submission
+from ..client.task import JobHandle
 from ..errors import JobFailed, ServerError
 from ..pyexec import envelope
 from ..pyexec.keys import NO_KEY_HELP, RefusedPayload, Signer
@@ -109,15 +110,24 @@ class PyexecCalls:
 
     # -- cancelling -----------------------------------------------------------------------
     def cancel(self, jobs: list[Submission]) -> list[bool]:
-        """``cancel job`` each job not yet ended on its server; True where the server dropped
-        it (it had not started). Waits briefly for the handles of jobs just submitted."""
+        """``cancel job`` each job that waits in its server's queue; True where the server
+        dropped it. Jobs a worker runs are left alone (gearmand would forget a running job it
+        is asked to cancel, and its worker would run on). Waits briefly for the handles of
+        jobs just submitted."""
         deadline = time.monotonic() + CANCEL_CREATED_WAIT
         while any(sub.handle is None and not sub.finished for sub in jobs) and time.monotonic() < deadline:
             time.sleep(CANCEL_POLL)
+        live = [i for i, sub in enumerate(jobs) if sub.handle is not None and sub.server is not None
+                and not sub.finished]
+        try:
+            statuses = self.client.statuses([JobHandle(jobs[i].handle, jobs[i].server) for i in live])
+        except (OSError, TimeoutError) as exc:
+            log.warning("could not ask which of %d jobs are running: %s", len(live), exc)
+            return [False] * len(jobs)
         by_server: dict[str, list[int]] = {}
-        for i, sub in enumerate(jobs):
-            if sub.handle is not None and sub.server is not None and not sub.finished:
-                by_server.setdefault(sub.server, []).append(i)
+        for i, status in zip(live, statuses):
+            if not status.running:
+                by_server.setdefault(jobs[i].server, []).append(i)  # type: ignore[arg-type]
         dropped = [False] * len(jobs)
         for server, indices in by_server.items():
             try:

@@ -69,7 +69,12 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             self._futures.add(future)
         future.add_done_callback(self._forget)
-        run.start()
+        try:
+            run.start()  # encodes: an argument that does not pickle raises here, to the caller
+        except BaseException:
+            with self._lock:
+                self._futures.discard(future)
+            raise
         return future
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
@@ -81,15 +86,22 @@ class Executor(concurrent.futures.Executor):
         run = MapRun(self, fn, iterables, **options)
         return (value for _, value in run)
 
+    def cancel(self, futures: Iterable[GearnbFuture]) -> int:
+        """Cancel many futures of this executor together (one admin round trip per job server):
+        those whose job no worker has taken yet are dropped and cancelled; returns how many."""
+        pending = [f for f in futures if not f.done() and f.run is not None]
+        cancelled = 0
+        for future, dropped in zip(pending, cancel_calls([f.run for f in pending])):  # type: ignore[misc]
+            if dropped and concurrent.futures.Future.cancel(future):
+                cancelled += 1
+        return cancelled
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._shutdown = True
         with self._lock:
             futures = list(self._futures)
         if cancel_futures:
-            pending = [f for f in futures if not f.done() and f.run is not None]
-            for future, dropped in zip(pending, cancel_calls([f.run for f in pending])):  # type: ignore[misc]
-                if dropped:
-                    concurrent.futures.Future.cancel(future)
+            self.cancel(futures)
         if wait:
             concurrent.futures.wait(futures)
         self.client.close()
