@@ -124,6 +124,8 @@ class Connection(asyncio.BufferedProtocol):
         for item in items:
             if self.closed:
                 break
+            if server.tracer is not None:  # gearnb.visual.trace records it
+                server.tracer.received_item(self, item)
             if type(item) is AdminLine:
                 server.admin.handle_line(self, item.text)
                 continue
@@ -166,6 +168,8 @@ class Connection(asyncio.BufferedProtocol):
                 if len(args) != count:
                     break
             pos = end
+            if self.server.tracer is not None:  # gearnb.visual.trace records it
+                self.server.tracer.received(self, ptype, args)
             try:
                 handler(self, args)
             except ProtocolError as exc:
@@ -183,6 +187,8 @@ class Connection(asyncio.BufferedProtocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.server.tracer is not None:  # gearnb.visual.trace records it
+            self.server.tracer.closed(self)
         self.closed = True
         self._out.clear()
         self.server.connection_lost(self)
@@ -202,6 +208,8 @@ class Connection(asyncio.BufferedProtocol):
         """Queue bytes for this peer; :meth:`JobServer.flush` writes them in one call."""
         if self.closed:
             return
+        if self.server.tracer is not None:  # gearnb.visual.trace records it
+            self.server.tracer.sent(self, data)
         out = self._out
         if not out:
             self.server.dirty.append(self)

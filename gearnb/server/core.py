@@ -24,6 +24,7 @@ from .jobs import DONE, QUEUED, RUNNING, SCHEDULED, HandleFactory, Job, coalesci
 if TYPE_CHECKING:
     from .connections import Connection
     from .persistence import Queue
+    from ..visual.trace import TraceHub
 
 log = logging.getLogger("gearnb.server")
 P = PacketType
@@ -98,6 +99,7 @@ class JobServer:
         self._call_soon: Callable[..., object] | None = None  # the serving loop's call_soon
         self._reads = 0  # reads handled so far; equal to _reads_seen after an idle turn
         self._reads_seen = 0
+        self.tracer: TraceHub | None = None  # set while gearnb.visual.trace records packets
 
     # -- plumbing -----------------------------------------------------------------------
     def flush(self, hold_busy_clients: bool = False) -> None:
