@@ -114,5 +114,5 @@ def test_cluster_view_moves_while_a_cell_waits(kernel):
     # Each job was drawn running (its 1/2 status bar next to its handle) while the cell waited.
     for handle in handles:
         assert any(f"{handle} count" in p and "1/2" in p for p in pictures), handle
-    assert f"finished, in order</text>" in pictures[-1] and all(h in pictures[-1] for h in handles)
+    assert "finished, in order</text>" in pictures[-1] and all(h in pictures[-1] for h in handles)
     kernel.run("view.stop(); worker.stop(); server.stop_in_thread()")
