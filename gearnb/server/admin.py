@@ -167,7 +167,7 @@ class AdminCommands:
 
     def trace(self, conn: Connection, words: list[str]) -> bytes:
         """``trace`` (gearnb only): stream every packet the server sees to this connection."""
-        from ..visual.trace import stream_command
+        from ..visual.recorder import stream_command
 
         return stream_command(self.server, conn, words)
 

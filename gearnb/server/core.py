@@ -24,7 +24,7 @@ from .jobs import DONE, QUEUED, RUNNING, SCHEDULED, HandleFactory, Job, coalesci
 if TYPE_CHECKING:
     from .connections import Connection
     from .persistence import Queue
-    from ..visual.trace import TraceHub
+    from ..visual.recorder import TraceHub
 
 log = logging.getLogger("gearnb.server")
 P = PacketType

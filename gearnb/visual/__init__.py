@@ -18,7 +18,9 @@ from typing import Any
 from .cluster import ClusterSnapshot, snapshot as cluster_snapshot
 from .cluster_view import ClusterView, cluster_view
 from .stream import TaskRecord, TaskStream
-from .trace import PacketEvent, PacketTap, Trace, trace
+from .events import PacketEvent
+from .recorder import PacketTap
+from .trace import Trace, trace
 
 
 def task_stream(server: Any) -> TaskStream:

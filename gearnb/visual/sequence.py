@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import svg
-from .trace import CLOSED, IN, OUT, STATE, TEXT, Lane, PacketEvent
+from .events import CLOSED, IN, OUT, STATE, TEXT, PacketEvent
+from .trace import Lane
 
 if TYPE_CHECKING:
     from .trace import Trace

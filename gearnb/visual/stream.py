@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
 from . import svg
-from .trace import CLOSED, IN, OUT, PacketEvent
+from .events import CLOSED, IN, OUT, PacketEvent
 
 if TYPE_CHECKING:
     from .live import LiveView
@@ -146,7 +146,7 @@ class TaskStream:
     def record(self, server: Any) -> TaskStream:
         """Start adding the runs ``server`` hands out (a gearnb Server in this process, or the
         "host:port" of a gearnb server); :meth:`stop` ends it. Also a context manager."""
-        from .trace import PacketTap
+        from .recorder import PacketTap
 
         if self._tap is not None:
             raise RuntimeError("this task stream already records a server; stop() it first")

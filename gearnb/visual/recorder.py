@@ -1,0 +1,306 @@
+"""Recording packets at the job server, and bringing them to whoever listens.
+
+The server calls a :class:`TraceHub` (``JobServer.tracer``, None when nobody listens) from
+its own thread: :meth:`TraceHub.received` before it handles a packet or admin line,
+:meth:`TraceHub.sent` with the bytes it queues for a peer, :meth:`TraceHub.closed` when a
+connection ends. The hub makes :class:`~.events.PacketEvent` s and gives each to its sinks.
+
+A :class:`PacketTap` connects a sink (a :class:`~.trace.Trace`, a task stream's recorder):
+:func:`attach` on the server's thread for a server in this process; for a gearnb server in
+another process, the admin command ``trace`` (:func:`stream_command`) streams the events as
+lines, which :class:`_RemoteStream` reads back. The first sink to come installs the hub, the
+last to go removes it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from ..protocol import RES, Decoder, PacketType, ProtocolError
+from ..protocol.packets import AdminLine, Packet
+from ..servers import split_address
+from .events import ARG_PREVIEW, CLOSED, IN, OUT, STATE, TEXT, PacketEvent, key_arguments, short_text
+from .inprocess import job_server, on_server_thread
+
+if TYPE_CHECKING:
+    from ..server.connections import Connection
+    from ..server.core import JobServer
+
+log = logging.getLogger("gearnb.visual")
+P = PacketType
+
+# A streaming admin connection whose reader falls behind by this many bytes loses events
+# (counted and reported in the stream) rather than growing the server's memory.
+STREAM_BACKLOG = 4 * 1024 * 1024
+
+
+class _ConnState:
+    """What the hub keeps per connection: its number and a decoder for what it is sent."""
+
+    __slots__ = ("number", "decoder")
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.decoder: Decoder | None = None
+
+
+class TraceHub:
+    """``JobServer.tracer`` while at least one trace listens; called on the server's thread.
+
+    The hooks in the server (see the module docstring) are the only callers of
+    :meth:`received`, :meth:`sent` and :meth:`closed`.
+    """
+
+    def __init__(self, server: JobServer) -> None:
+        self.server = server
+        self.sinks: tuple[Callable[[PacketEvent], None], ...] = ()  # replaced, never mutated
+        self.conns: dict[Connection, _ConnState] = {}
+        self.quiet: set[Connection] = set()  # admin connections the trace streams to: not traced
+        self._seq = itertools.count()
+        self._numbers = itertools.count(1)
+
+    # -- the server's hooks --------------------------------------------------------------
+    def received(self, conn: Connection, ptype: int | None, args: Iterable[Any]) -> None:
+        """A packet (``ptype``) or an admin line (``ptype`` None, ``args`` its text) arrived;
+        called before the server handles it."""
+        if conn in self.quiet:
+            return
+        if ptype is None:
+            line = next(iter(args), "")
+            self._emit(conn, IN, TEXT, (("line", short_text(str(line).encode(), ARG_PREVIEW)),), len(str(line)))
+            return
+        args = tuple(args)
+        self._emit(conn, IN, _name(ptype), key_arguments(ptype, args), _body_size(args))
+
+    def received_item(self, conn: Connection, item: Packet | AdminLine) -> None:
+        """:meth:`received` for what the server's Decoder gave (a packet or an admin line)."""
+        if type(item) is AdminLine:
+            self.received(conn, None, (item.text,))
+        else:
+            self.received(conn, item.type, item.args)
+
+    def sent(self, conn: Connection, data: bytes) -> None:
+        """The server queued ``data`` (whole packets, or parts of a large one) for ``conn``."""
+        if conn in self.quiet:
+            return
+        state = self._state(conn)
+        if state.decoder is None:
+            state.decoder = Decoder(RES, allow_text=True, max_packet_size=self.server.max_packet_size)
+        try:
+            items = state.decoder.feed(data)
+        except ProtocolError as exc:  # cannot happen with the server's own output; do not break it
+            log.warning("trace: cannot decode what the server sent to fd %d: %s", conn.fd, exc)
+            state.decoder = None
+            return
+        for item in items:
+            if type(item) is AdminLine:
+                continue  # the answer to an admin command: the command itself is the arrow
+            self._emit(conn, OUT, _name(item.type), key_arguments(item.type, item.args), _body_size(item.args))
+
+    def closed(self, conn: Connection) -> None:
+        """``conn`` ended (the peer left, or the server closed it)."""
+        if conn in self.quiet:
+            self.quiet.discard(conn)
+            self.sinks = tuple(s for s in self.sinks if getattr(s, "conn", None) is not conn)
+            if not self.sinks:
+                self.server.tracer = None
+            return
+        if conn in self.conns:
+            self._emit(conn, CLOSED, "")
+            del self.conns[conn]
+
+    # -- events --------------------------------------------------------------------------
+    def _state(self, conn: Connection) -> _ConnState:
+        state = self.conns.get(conn)
+        if state is None:
+            state = self.conns[conn] = _ConnState(next(self._numbers))
+        return state
+
+    def _emit(self, conn: Connection, kind: str, name: str, args: tuple[tuple[str, str], ...] = (),
+              size: int = 0) -> None:
+        number = self._state(conn).number
+        client_id = conn.client_id
+        if name == "SET_CLIENT_ID" and args:  # recorded before the server takes it: say it at once
+            client_id = args[0][1].encode() or b"-"
+        event = PacketEvent(next(self._seq), time.perf_counter(), number, kind, name, args, size,
+                            conn.fd, conn.peer, client_id.decode(errors="replace"))
+        for sink in self.sinks:
+            sink(event)
+
+    def open_connections(self, sink: Callable[[PacketEvent], None]) -> None:
+        """Tell ``sink`` (before it gets anything else) about every connection already open,
+        as ``state`` events."""
+        sinks, self.sinks = self.sinks, (sink,)
+        try:
+            for conn in list(self.server.connections):
+                if conn in self.quiet or conn.closed:
+                    continue
+                abilities = " ".join(f.name.decode(errors="replace") for f in conn.abilities)
+                args = (("abilities", abilities), ("sleeping", "1" if conn.sleeping and not conn.noop_sent else "0"))
+                self._emit(conn, STATE, "", args if abilities else ())
+        finally:
+            self.sinks = sinks
+
+    def add(self, sink: Callable[[PacketEvent], None]) -> None:
+        self.sinks = (*self.sinks, sink)
+
+    def remove(self, sink: Callable[[PacketEvent], None]) -> None:
+        self.sinks = tuple(s for s in self.sinks if s is not sink)
+
+
+def _name(ptype: int) -> str:
+    try:
+        return P(ptype).name
+    except ValueError:
+        return f"TYPE_{ptype}"
+
+
+def _body_size(args: tuple[Any, ...]) -> int:
+    return sum(len(a) for a in args) + max(len(args) - 1, 0)
+
+
+def attach(server: JobServer, sink: Callable[[PacketEvent], None], *, quiet: Connection | None = None) -> None:
+    """Start giving ``sink`` every event of ``server``, after the connections already open
+    (the hub is made on first use). Call on the server's thread (see :mod:`.inprocess`)."""
+    hub = server.tracer
+    if hub is None:
+        hub = TraceHub(server)
+    if quiet is not None:
+        hub.quiet.add(quiet)
+    hub.open_connections(sink)
+    hub.add(sink)
+    server.tracer = hub  # from here on the server calls the hub
+
+
+def detach(server: JobServer, sink: Callable[[PacketEvent], None]) -> None:
+    """Stop giving ``sink`` events; the last sink to go uninstalls the hub. Call on the
+    server's thread."""
+    hub = server.tracer
+    if hub is None:
+        return
+    hub.remove(sink)
+    if not hub.sinks:
+        server.tracer = None
+
+
+class PacketTap:
+    """Gives ``sink`` every event of ``server`` between :meth:`start` and :meth:`stop`.
+
+    ``server``: a gearnb Server or JobServer in this process (the sink is called on the
+    server's thread), or the "host:port" of a gearnb server in another process (the sink is
+    called on a reader thread; a sink with a ``lost(count)`` method hears of events a slow
+    reader missed).
+    """
+
+    def __init__(self, server: Any, sink: Callable[[PacketEvent], None]) -> None:
+        self.server = server
+        self.sink = sink
+        self.core = job_server(server)
+        self._remote: _RemoteStream | None = None
+        self._attached = False
+        if self.core is None and not isinstance(server, str):
+            raise TypeError("tracing needs a gearnb.server.Server or JobServer running in this process, or the "
+                            f"'host:port' of a gearnb job server; got {type(server).__name__}")
+
+    def start(self) -> None:
+        if self.core is not None:
+            if not self._attached:
+                core, sink = self.core, self.sink
+                on_server_thread(self.server, lambda: attach(core, sink))
+                self._attached = True
+        elif self._remote is None:
+            self._remote = _RemoteStream(self.server, self.sink)
+
+    def stop(self) -> None:
+        if self.core is not None:
+            if self._attached:
+                core, sink = self.core, self.sink
+                on_server_thread(self.server, lambda: detach(core, sink))
+                self._attached = False
+        elif self._remote is not None:
+            self._remote.close()
+            self._remote = None
+
+
+# -- a separate-process gearnb server: the events over its admin port ---------------------
+TRACE_COMMAND = "trace"
+STREAM_HELLO = "OK tracing"
+# How long a remote trace waits for the server to answer the ``trace`` command.
+STREAM_CONNECT_TIMEOUT = 10.0
+
+
+class _StreamSink:
+    """A hub sink writing each event as a line to an admin connection (on the server's thread)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.lost = 0
+
+    def __call__(self, event: PacketEvent) -> None:
+        conn = self.conn
+        transport = conn.transport
+        backlog = conn.out_bytes + (transport.get_write_buffer_size() if transport is not None else 0)
+        if backlog > STREAM_BACKLOG:
+            self.lost += 1
+            return
+        if self.lost:
+            conn.send(f"L {self.lost}\n".encode())
+            self.lost = 0
+        conn.send(event.to_line().encode() + b"\n")
+
+
+def stream_command(server: JobServer, conn: Connection, words: list[str]) -> bytes:
+    """The admin command ``trace``: from now on, every event of the server goes to this
+    connection as a line (:meth:`PacketEvent.to_line`), until the connection closes."""
+    conn.send((STREAM_HELLO + "\n").encode())  # before the first event line
+    attach(server, _StreamSink(conn), quiet=conn)  # on the server's thread: this is a command
+    return b""
+
+
+class _RemoteStream:
+    """Reads a server's ``trace`` stream on a thread and feeds the events to a sink."""
+
+    def __init__(self, address: str, sink: Callable[[PacketEvent], None]) -> None:
+        host, port = split_address(address)
+        self.sink = sink
+        self.sock = socket.create_connection((host, port), timeout=STREAM_CONNECT_TIMEOUT)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.sendall(f"{TRACE_COMMAND}\r\n".encode())
+        self.file = self.sock.makefile("rb")
+        hello = self.file.readline().decode(errors="replace").strip()
+        if hello != STREAM_HELLO:
+            self.sock.close()
+            raise RuntimeError(f"{address} cannot stream a trace (it answered {hello!r}): the trace command "
+                               "needs a gearnb job server; gearmand has none. Trace a server in this process instead")
+        self.sock.settimeout(None)
+        self.thread = threading.Thread(target=self._read, name=f"gearnb-trace-{address}", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for raw in self.file:
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                if line.startswith("L "):
+                    lost = getattr(self.sink, "lost", None)
+                    if lost is not None:
+                        lost(int(line[2:]))
+                    continue
+                try:
+                    self.sink(PacketEvent.from_line(line))
+                except ValueError as exc:
+                    log.warning("trace stream: %s", exc)
+        except (OSError, ValueError):
+            pass  # closed by close(), or the server went away
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(5)
