@@ -232,3 +232,17 @@ def test_trace_refuses_what_it_cannot_trace(gearmand_address):
         trace(object())
     with pytest.raises(RuntimeError, match="gearmand has none"):
         trace(gearmand_address).start()  # gearmand answers ERR UNKNOWN_COMMAND
+
+
+def test_a_failing_listener_never_breaks_the_server():
+    def broken(event):
+        raise RuntimeError("listener bug")
+
+    with gearnb_server() as server, gearnb.Client(server.address) as client:
+        from gearnb.visual import PacketTap
+
+        tap = PacketTap(server, broken)
+        tap.start()
+        assert client.echo(b"still served") == b"still served"
+        assert server.core.tracer is None  # the failing listener was dropped, and with it the hub
+        tap.stop()

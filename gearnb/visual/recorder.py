@@ -104,7 +104,7 @@ class TraceHub:
 
     def closed(self, conn: Connection) -> None:
         """``conn`` ended (the peer left, or the server closed it)."""
-        if conn in self.quiet:
+        if conn in self.quiet:  # a reader of the admin stream left: its _StreamSink goes too
             self.quiet.discard(conn)
             self.sinks = tuple(s for s in self.sinks if getattr(s, "conn", None) is not conn)
             if not self.sinks:
@@ -122,29 +122,31 @@ class TraceHub:
         return state
 
     def _emit(self, conn: Connection, kind: str, name: str, args: tuple[tuple[str, str], ...] = (),
-              size: int = 0) -> None:
+              size: int = 0, sinks: tuple[Callable[[PacketEvent], None], ...] | None = None) -> None:
         number = self._state(conn).number
         client_id = conn.client_id
         if name == "SET_CLIENT_ID" and args:  # recorded before the server takes it: say it at once
             client_id = args[0][1].encode() or b"-"
         event = PacketEvent(next(self._seq), time.perf_counter(), number, kind, name, args, size,
                             conn.fd, conn.peer, client_id.decode(errors="replace"))
-        for sink in self.sinks:
-            sink(event)
+        for sink in self.sinks if sinks is None else sinks:
+            try:
+                sink(event)
+            except Exception:  # noqa: BLE001 - we run inside the server's packet handling: never break it
+                log.exception("trace: a listener failed on %s; it gets no more events", name or kind)
+                self.remove(sink)
+                if not self.sinks:
+                    self.server.tracer = None
 
     def open_connections(self, sink: Callable[[PacketEvent], None]) -> None:
         """Tell ``sink`` (before it gets anything else) about every connection already open,
         as ``state`` events."""
-        sinks, self.sinks = self.sinks, (sink,)
-        try:
-            for conn in list(self.server.connections):
-                if conn in self.quiet or conn.closed:
-                    continue
-                abilities = " ".join(f.name.decode(errors="replace") for f in conn.abilities)
-                args = (("abilities", abilities), ("sleeping", "1" if conn.sleeping and not conn.noop_sent else "0"))
-                self._emit(conn, STATE, "", args if abilities else ())
-        finally:
-            self.sinks = sinks
+        for conn in list(self.server.connections):
+            if conn in self.quiet or conn.closed:
+                continue
+            abilities = " ".join(f.name.decode(errors="replace") for f in conn.abilities)
+            args = (("abilities", abilities), ("sleeping", "1" if conn.sleeping and not conn.noop_sent else "0"))
+            self._emit(conn, STATE, "", args if abilities else (), sinks=(sink,))
 
     def add(self, sink: Callable[[PacketEvent], None]) -> None:
         self.sinks = (*self.sinks, sink)
