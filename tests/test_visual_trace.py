@@ -220,9 +220,13 @@ def test_overlapping_traces_each_see_their_own_span():
 
 
 def test_event_lines_round_trip():
-    event = PacketEvent(7, 12.5, 3, "out", "WORK_DATA", (("handle", "H:a b:1"), ("data", "5 B 'x=%\\t'")), 9,
-                        12, "::1", "id with spaces")
-    assert PacketEvent.from_line(event.to_line()) == event
+    event = PacketEvent(7, 12.5, 3, "out", "WORK_DATA", (b"H:a b:1", b"x=%\t\0\xff \n"), 15, 12, "::1",
+                        "id with spaces")
+    line = event.to_line()
+    assert "\n" not in line and PacketEvent.from_line(line) == event
+    assert event.args == (("handle", "H:a b:1"), ("data", "7 B"))  # not all printable: its size only
+    closed = PacketEvent(8, 13.0, 3, "closed", "")
+    assert PacketEvent.from_line(closed.to_line()) == closed and closed.arg("handle", "none") == "none"
     with pytest.raises(ValueError):
         PacketEvent.from_line("OK tracing")
 

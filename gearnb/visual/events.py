@@ -1,15 +1,15 @@
 """One packet seen by the job server, as a trace keeps it: :class:`PacketEvent`.
 
-What a packet's arguments are called and which of them an arrow shows come from here
-(:func:`key_arguments`, :func:`describe_args`), for the recorder (:mod:`.recorder`), which
-makes the events on the server's thread, and for the drawings (:mod:`.sequence`).
+The recorder (:mod:`.recorder`) makes the events on the server's thread, keeping each
+packet's arguments as they came (:func:`raw_arguments`); what the arguments are called, and
+how an arrow shows them (:attr:`PacketEvent.args`, :func:`describe_args`), is read from here
+by the drawings (:mod:`.sequence`) and the task stream, only when they look.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable
-from urllib.parse import quote, unquote
+from typing import NamedTuple
+from urllib.parse import quote, quote_from_bytes, unquote, unquote_to_bytes
 
 from ..protocol import PacketType
 
@@ -19,6 +19,8 @@ P = PacketType
 DATA_PREVIEW = 24
 # Other arguments (handles, function names, uniques) are cut at this many characters.
 ARG_PREVIEW = 64
+# Bytes of a job's data an event keeps (enough for the preview, and to tell it is longer).
+DATA_KEEP = DATA_PREVIEW + 4
 
 # The arguments of each packet type, by name (../shared/reference/gearman-protocol.md, 1.2).
 _SUBMIT = ("function", "unique", "data")
@@ -54,19 +56,26 @@ CLIENT_PACKETS = frozenset((*(t for t in ARG_NAMES if P(t).name.startswith("SUBM
 
 IN, OUT, STATE, CLOSED = "in", "out", "state", "closed"  # PacketEvent.kind
 TEXT = "text"  # PacketEvent.name of an admin text line
+# Argument names by event name: the packets', an admin line's, a state event's.
+ARG_NAMES_BY_NAME: dict[str, tuple[str, ...]] = {P(t).name: names for t, names in ARG_NAMES.items()}
+ARG_NAMES_BY_NAME[TEXT] = ("line",)
+ARG_NAMES_BY_NAME[STATE] = ("abilities", "sleeping")
+_DATA_LAST = frozenset(t for t, names in ARG_NAMES.items() if names[-1] == "data")
 
 
-@dataclass(frozen=True)
-class PacketEvent:
+class PacketEvent(NamedTuple):
     """One thing the job server saw, in the order it saw them.
 
     ``kind``: ``"in"`` (a packet or admin line to the server), ``"out"`` (a packet from it),
-    ``"state"`` (a connection already open when the trace began: ``args`` holds its
-    abilities and whether it sleeps), ``"closed"`` (the connection ended).
-    ``conn`` numbers the connection within the trace; ``fd``, ``peer`` and ``client_id``
-    are the connection's at that moment. ``args`` are the key arguments as text, by name;
-    a job's data is shown by size (and its start, when it is text). ``size`` is the
-    packet's body in bytes; ``time`` is the server's ``time.perf_counter()`` (seconds).
+    ``"state"`` (a connection already open when the trace began: its abilities and whether it
+    sleeps), ``"closed"`` (the connection ended). ``name``: the packet type's name, ``"text"``
+    for an admin line, ``""`` for the other kinds. ``conn`` numbers the connection within the
+    trace; ``fd``, ``peer`` and ``client_id`` are the connection's at that moment. ``size`` is
+    the packet's body in bytes; ``time`` is the server's ``time.perf_counter()`` (seconds).
+
+    ``raw`` holds the packet's arguments as sent, the last one cut to DATA_KEEP bytes when it
+    is a job's data; :attr:`args` and :meth:`arg` read them as text, by name (recording stays
+    cheap: nothing is formatted until it is read).
     """
 
     seq: int
@@ -74,17 +83,34 @@ class PacketEvent:
     conn: int
     kind: str
     name: str
-    args: tuple[tuple[str, str], ...] = ()
+    raw: tuple[bytes, ...] = ()
     size: int = 0
     fd: int = -1
     peer: str = "-"
     client_id: str = "-"
 
+    @property
+    def args(self) -> tuple[tuple[str, str], ...]:
+        """The arguments as (name, text) pairs; a job's data as its size (and start, if text)."""
+        names = ARG_NAMES_BY_NAME.get(self.name or self.kind, ())
+        return tuple((name, self._text(i, name)) for i, name in enumerate(names[:len(self.raw)]))
+
     def arg(self, name: str, default: str = "") -> str:
-        for key, value in self.args:
-            if key == name:
-                return value
+        """One argument as text (see :attr:`args`), or ``default``."""
+        names = ARG_NAMES_BY_NAME.get(self.name or self.kind, ())
+        if name in names:
+            i = names.index(name)
+            if i < len(self.raw):
+                return self._text(i, name)
         return default
+
+    def _text(self, i: int, name: str) -> str:
+        value = self.raw[i]
+        if name != "data":
+            return short_text(value, ARG_PREVIEW)
+        # The whole data's length: the body less the other arguments and their NULs.
+        length = self.size - sum(len(a) + 1 for a in self.raw[:i])
+        return _data(value, length)
 
     @property
     def detail(self) -> str:
@@ -93,10 +119,10 @@ class PacketEvent:
 
     def to_line(self) -> str:
         """This event as one line of the ``trace`` admin stream (see :meth:`from_line`)."""
-        fields = [str(self.seq), f"{self.time:.6f}", str(self.conn), self.kind, self.name, str(self.size),
-                  str(self.fd), self.peer, self.client_id]
-        fields += [f"{key}={value}" for key, value in self.args]
-        return "E " + " ".join(quote(field, safe="=:/.-_") for field in fields)
+        head = [str(self.seq), f"{self.time:.6f}", str(self.conn), self.kind, self.name or "-", str(self.size),
+                str(self.fd), self.peer, self.client_id]
+        return " ".join(["E", *(quote(field, safe=":/.-_") for field in head),
+                         *(quote_from_bytes(value, safe=":/.-_") for value in self.raw)])
 
     @classmethod
     def from_line(cls, line: str) -> PacketEvent:
@@ -104,9 +130,25 @@ class PacketEvent:
         if len(words) < 10 or words[0] != "E":
             raise ValueError(f"not a trace event line: {line[:80]!r}")
         seq, when, conn, kind, name, size, fd, peer, client_id = (unquote(w) for w in words[1:10])
-        args = tuple(tuple(unquote(w).split("=", 1)) for w in words[10:])
-        return cls(int(seq), float(when), int(conn), kind, name, args, int(size), int(fd), peer,  # type: ignore[arg-type]
-                   client_id)
+        raw = tuple(unquote_to_bytes(w) for w in words[10:])
+        return cls(int(seq), float(when), int(conn), kind, "" if name == "-" else name, raw, int(size), int(fd),
+                   peer, client_id)
+
+
+def packet_name(ptype: int) -> str:
+    """``PacketType(ptype).name`` without the enum's cost (this runs for every packet traced)."""
+    name = _PACKET_NAMES.get(ptype)
+    return name if name is not None else f"TYPE_{ptype}"
+
+
+_PACKET_NAMES = {int(t): t.name for t in PacketType}
+
+
+def raw_arguments(ptype: int, args: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """What an event keeps of a packet's arguments: all of them, a job's data cut short."""
+    if args and ptype in _DATA_LAST and len(args[-1]) > DATA_KEEP:
+        return (*args[:-1], args[-1][:DATA_KEEP])
+    return args
 
 
 def short_text(value: bytes, limit: int) -> str:
@@ -115,27 +157,16 @@ def short_text(value: bytes, limit: int) -> str:
     return out if len(out) <= limit else out[:limit - 1] + "…"
 
 
-def _data(value: bytes) -> str:
+def _data(head: bytes, length: int) -> str:
     """How a job's data reads on an arrow: its size, and its start when that is text."""
-    size = f"{len(value):,} B"
-    head = value[:DATA_PREVIEW]
+    size = f"{length:,} B"
     try:
-        text = head.decode()
+        text = head[:DATA_PREVIEW].decode()
     except UnicodeDecodeError:
         return size
     if not text or not text.isprintable():
         return size
-    more = "…" if len(value) > DATA_PREVIEW else ""
-    return f"{size} {text!r}{more}" if more else f"{size} {text!r}"
-
-
-def key_arguments(ptype: int, args: Iterable[bytes]) -> tuple[tuple[str, str], ...]:
-    """``args`` of a packet of type ``ptype`` as (name, text) pairs (see :class:`PacketEvent`)."""
-    names = ARG_NAMES.get(ptype, ())
-    out = []
-    for name, value in zip(names, args):
-        out.append((name, _data(value) if name == "data" else short_text(value, ARG_PREVIEW)))
-    return tuple(out)
+    return f"{size} {text!r}…" if length > DATA_PREVIEW else f"{size} {text!r}"
 
 
 def describe_args(name: str, args: tuple[tuple[str, str], ...]) -> str:

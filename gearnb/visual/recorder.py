@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from ..protocol import RES, Decoder, PacketType, ProtocolError
 from ..protocol.packets import AdminLine, Packet
 from ..servers import split_address
-from .events import ARG_PREVIEW, CLOSED, IN, OUT, STATE, TEXT, PacketEvent, key_arguments, short_text
+from .events import CLOSED, IN, OUT, STATE, TEXT, PacketEvent, packet_name, raw_arguments
 from .inprocess import job_server, on_server_thread
 
 if TYPE_CHECKING:
@@ -71,11 +71,11 @@ class TraceHub:
         if conn in self.quiet:
             return
         if ptype is None:
-            line = next(iter(args), "")
-            self._emit(conn, IN, TEXT, (("line", short_text(str(line).encode(), ARG_PREVIEW)),), len(str(line)))
+            line = str(next(iter(args), "")).encode(errors="replace")
+            self._emit(conn, IN, TEXT, (line,), len(line))
             return
         args = tuple(args)
-        self._emit(conn, IN, _name(ptype), key_arguments(ptype, args), _body_size(args))
+        self._emit(conn, IN, packet_name(ptype), raw_arguments(ptype, args), _body_size(args))
 
     def received_item(self, conn: Connection, item: Packet | AdminLine) -> None:
         """:meth:`received` for what the server's Decoder gave (a packet or an admin line)."""
@@ -100,7 +100,7 @@ class TraceHub:
         for item in items:
             if type(item) is AdminLine:
                 continue  # the answer to an admin command: the command itself is the arrow
-            self._emit(conn, OUT, _name(item.type), key_arguments(item.type, item.args), _body_size(item.args))
+            self._emit(conn, OUT, packet_name(item.type), raw_arguments(item.type, item.args), _body_size(item.args))
 
     def closed(self, conn: Connection) -> None:
         """``conn`` ended (the peer left, or the server closed it)."""
@@ -121,13 +121,13 @@ class TraceHub:
             state = self.conns[conn] = _ConnState(next(self._numbers))
         return state
 
-    def _emit(self, conn: Connection, kind: str, name: str, args: tuple[tuple[str, str], ...] = (),
+    def _emit(self, conn: Connection, kind: str, name: str, raw: tuple[bytes, ...] = (),
               size: int = 0, sinks: tuple[Callable[[PacketEvent], None], ...] | None = None) -> None:
         number = self._state(conn).number
         client_id = conn.client_id
-        if name == "SET_CLIENT_ID" and args:  # recorded before the server takes it: say it at once
-            client_id = args[0][1].encode() or b"-"
-        event = PacketEvent(next(self._seq), time.perf_counter(), number, kind, name, args, size,
+        if name == "SET_CLIENT_ID" and raw:  # recorded before the server takes it: say it at once
+            client_id = raw[0] or b"-"
+        event = PacketEvent(next(self._seq), time.perf_counter(), number, kind, name, raw, size,
                             conn.fd, conn.peer, client_id.decode(errors="replace"))
         for sink in self.sinks if sinks is None else sinks:
             try:
@@ -144,9 +144,9 @@ class TraceHub:
         for conn in list(self.server.connections):
             if conn in self.quiet or conn.closed:
                 continue
-            abilities = " ".join(f.name.decode(errors="replace") for f in conn.abilities)
-            args = (("abilities", abilities), ("sleeping", "1" if conn.sleeping and not conn.noop_sent else "0"))
-            self._emit(conn, STATE, "", args if abilities else (), sinks=(sink,))
+            abilities = b" ".join(f.name for f in conn.abilities)
+            raw = (abilities, b"1" if conn.sleeping and not conn.noop_sent else b"0")
+            self._emit(conn, STATE, "", raw if abilities else (), sinks=(sink,))
 
     def add(self, sink: Callable[[PacketEvent], None]) -> None:
         self.sinks = (*self.sinks, sink)
@@ -155,15 +155,9 @@ class TraceHub:
         self.sinks = tuple(s for s in self.sinks if s is not sink)
 
 
-def _name(ptype: int) -> str:
-    try:
-        return P(ptype).name
-    except ValueError:
-        return f"TYPE_{ptype}"
-
-
 def _body_size(args: tuple[Any, ...]) -> int:
-    return sum(len(a) for a in args) + max(len(args) - 1, 0)
+    """A packet's body size: its arguments and the NULs between them."""
+    return sum(map(len, args)) + len(args) - 1 if args else 0
 
 
 def attach(server: JobServer, sink: Callable[[PacketEvent], None], *, quiet: Connection | None = None) -> None:

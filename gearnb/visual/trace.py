@@ -22,9 +22,10 @@ from .recorder import PacketTap
 
 P = PacketType
 
-# A trace keeps at most this many events: a map of 100k jobs makes ~700k packets, and a
-# picture of more than a few hundred arrows is unreadable anyway. Later events are counted.
-MAX_EVENTS = 200_000
+# A trace keeps at most this many events (~0.5 KB each): a map of 100k jobs makes ~700k
+# packets, and a picture of more than a few hundred arrows is unreadable anyway. Later
+# events are counted in ``Trace.dropped``.
+MAX_EVENTS = 100_000
 # ``settle``: how long __exit__ waits at most for the workers to go back to sleep, so that a
 # trace ends with their NO_JOB / PRE_SLEEP rather than in the middle of them.
 DEFAULT_SETTLE = 1.0
@@ -71,6 +72,7 @@ class Trace:
         self.events: list[PacketEvent] = []
         self.dropped = 0  # events beyond MAX_EVENTS (or lost by a slow stream)
         self._changed = threading.Condition()
+        self._awake: dict[int, bool] = {}  # worker lane -> asked for work since its last PRE_SLEEP
         self._tap = PacketTap(server, self)
 
     # -- recording -----------------------------------------------------------------------
@@ -82,6 +84,12 @@ class Trace:
                 self.events.append(event)
             else:
                 self.dropped += 1
+            if event.kind == IN and event.name == "PRE_SLEEP":
+                self._awake[event.conn] = False
+            elif event.kind == IN and event.name in ("GRAB_JOB", "GRAB_JOB_UNIQ", "GRAB_JOB_ALL"):
+                self._awake[event.conn] = True
+            elif event.kind == CLOSED:
+                self._awake.pop(event.conn, None)
             self._changed.notify_all()
 
     def lost(self, count: int) -> None:
@@ -116,18 +124,9 @@ class Trace:
                 self._changed.wait(left)
             return True
 
-    @staticmethod
-    def _workers_asleep(events: list[PacketEvent]) -> bool:
-        """Every worker that woke up during the trace has gone back to sleep (or left)."""
-        awake: dict[int, bool] = {}
-        for event in events:
-            if event.kind == IN and event.name == "PRE_SLEEP":
-                awake[event.conn] = False
-            elif event.kind == IN and event.name in ("GRAB_JOB", "GRAB_JOB_UNIQ", "GRAB_JOB_ALL"):
-                awake[event.conn] = True
-            elif event.kind == CLOSED:
-                awake.pop(event.conn, None)
-        return not any(awake.values())
+    def _workers_asleep(self, events: list[PacketEvent]) -> bool:
+        """Every worker that asked for work during the trace has gone back to sleep (or left)."""
+        return not any(self._awake.values())
 
     # -- reading -------------------------------------------------------------------------
     @property
