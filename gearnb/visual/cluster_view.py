@@ -48,8 +48,8 @@ def _boxes(x: float, y: float, count: int, colour: str, handles: tuple[str, ...]
     parts = []
     for i in range(min(count, MAX_BOXES)):
         title = handles[i] if handles is not None and i < len(handles) else None
-        parts.append(svg.rect(x + i * (BOX + 3), y - BOX + 1, BOX, BOX, rx=2, title=title,
-                              fill=colour if filled else "none", stroke=colour, class_="job"))
+        parts.append(svg.rect(x + i * (BOX + 3), y - BOX + 1, BOX, BOX, rx=2, title=title, fill=colour,
+                              fill_opacity=1 if filled else 0.3, stroke=colour, class_="job"))
     if count > MAX_BOXES:
         parts.append(svg.text(x + MAX_BOXES * (BOX + 3) + 4, y, f"+{count - MAX_BOXES}", size=10,
                               fill=svg.COLOURS["muted"]))
