@@ -213,12 +213,14 @@ def test_live_view_follows_the_jobs(server_address):
     assert view.draws >= 3
 
 
-def test_live_view_gives_up_when_the_server_goes():
+@pytest.mark.parametrize("how", ["admin", "in-process"])
+def test_live_view_gives_up_when_the_server_goes(how):
     with gearnb_server() as server:
-        view = ClusterView(server.address, interval=0.05)
+        view = ClusterView(server.address if how == "admin" else server, interval=0.05)
         wait_until(lambda: view.draws >= 1)
     wait_until(lambda: not view.running, timeout=30)
     assert view.stopped_because.startswith("stopped after 10 failed updates")
+    assert "not running" in view.stopped_because or how == "admin"
 
 
 def test_sources_refuse_what_they_cannot_picture():

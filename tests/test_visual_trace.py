@@ -250,3 +250,11 @@ def test_a_failing_listener_never_breaks_the_server():
         assert client.echo(b"still served") == b"still served"
         assert server.core.tracer is None  # the failing listener was dropped, and with it the hub
         tap.stop()
+
+
+def test_a_trace_outliving_its_server_still_ends():
+    with gearnb_server() as server:
+        t = trace(server).start()
+    assert server.core.tracer is not None  # the server went first
+    t.stop()
+    assert server.core.tracer is None

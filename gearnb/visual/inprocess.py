@@ -18,6 +18,10 @@ T = TypeVar("T")
 SERVER_THREAD_TIMEOUT = 10.0
 
 
+class ServerStopped(RuntimeError):
+    """The in-process server's loop has stopped: there is nothing to read or install."""
+
+
 def job_server(server: Any) -> JobServer | None:
     """The in-process JobServer behind ``server`` (a gearnb.server.Server or a JobServer)."""
     from ..server.core import JobServer
@@ -31,12 +35,15 @@ def job_server(server: Any) -> JobServer | None:
 def on_server_thread(server: Any, fn: Callable[[], T], timeout: float = SERVER_THREAD_TIMEOUT) -> T:
     """Run ``fn()`` on the thread of ``server``'s event loop and return its result.
 
-    ``server`` started with ``Server.start_in_thread()`` has its loop there; a server started
-    with ``await server.start()`` in the caller's loop, or a bare JobServer, is called here.
+    ``server`` started with ``Server.start_in_thread()`` has its loop there (raises
+    ServerStopped once it stopped); a server started with ``await server.start()`` in the
+    caller's loop, or a bare JobServer, is called here.
     """
     loop: asyncio.AbstractEventLoop | None = getattr(server, "_loop", None)
-    if loop is None or not loop.is_running() or loop.is_closed():
+    if loop is None:
         return fn()
+    if loop.is_closed():  # (not running yet is fine: start_in_thread returns just before it runs)
+        raise ServerStopped(f"the job server {getattr(server, 'address', '')} is not running (stopped?)")
     try:
         current = asyncio.get_running_loop()
     except RuntimeError:
@@ -51,5 +58,8 @@ def on_server_thread(server: Any, fn: Callable[[], T], timeout: float = SERVER_T
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             future.set_exception(exc)
 
-    loop.call_soon_threadsafe(run)
+    try:
+        loop.call_soon_threadsafe(run)
+    except RuntimeError:  # closed meanwhile
+        raise ServerStopped(f"the job server {getattr(server, 'address', '')} is not running (stopped?)") from None
     return future.result(timeout)

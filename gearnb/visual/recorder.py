@@ -25,7 +25,7 @@ from ..protocol import RES, Decoder, PacketType, ProtocolError
 from ..protocol.packets import AdminLine, Packet
 from ..servers import split_address
 from .events import CLOSED, IN, OUT, STATE, TEXT, PacketEvent, packet_name, raw_arguments
-from .inprocess import job_server, on_server_thread
+from .inprocess import ServerStopped, job_server, on_server_thread
 
 if TYPE_CHECKING:
     from ..server.connections import Connection
@@ -216,7 +216,10 @@ class PacketTap:
         if self.core is not None:
             if self._attached:
                 core, sink = self.core, self.sink
-                on_server_thread(self.server, lambda: detach(core, sink))
+                try:
+                    on_server_thread(self.server, lambda: detach(core, sink))
+                except ServerStopped:
+                    detach(core, sink)  # no thread runs the server any more: safe from here
                 self._attached = False
         elif self._remote is not None:
             self._remote.close()
