@@ -204,7 +204,7 @@ def taskset_throughput(address: str, n: int, timeout: float) -> float:
 
 
 def async_throughput(address: str, n: int, window: int, timeout: float) -> float:
-    from gearnb.server.listener import new_event_loop
+    from gearnb._loop import new_event_loop
 
     async def run() -> float:
         async with gearnb.AsyncClient(address) as client:

@@ -213,7 +213,7 @@ def load_test(kind: str, args: argparse.Namespace, logdir: Path) -> dict:
                    f"{args.workers} workers on {address}")
         print(f"# load: {label} on {address}, {args.connections} connections x {args.jobs_per_connection} jobs, "
               f"{args.workers} workers", file=sys.stderr, flush=True)
-        from gearnb.server.listener import new_event_loop
+        from gearnb._loop import new_event_loop
 
         stats = LoadStats()
         loop = new_event_loop()

@@ -298,11 +298,11 @@ def breakdown(n: int, uniques: bool) -> tuple[list[tuple[str, float]], float]:
     server.function(MEM_FUNCTION)
     gc.collect()
     rss0 = rss_bytes(os.getpid())
-    add = server.add_job
+    submit = server.submit
     for i in range(n):
         # New bytes objects per job, as the server's decoder makes them.
         unique = b"%08x-0000-4000-8000-%012x" % (1, i) if uniques else b""
-        add(None, MEM_FUNCTION, unique, b"%016d" % i, 1, True)
+        submit(1, True, None, (MEM_FUNCTION, unique, b"%016d" % i))
     rss1 = rss_bytes(os.getpid())
     per_slot: Counter[str] = Counter()
     kinds: dict[str, str] = {}

@@ -16,10 +16,17 @@ from typing import Any, Awaitable, Callable, TypeVar
 T = TypeVar("T")
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where installed: it roughly doubles the job server's jobs/s on this machine."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class LoopThread:
     def __init__(self, name: str = "gearnb-io") -> None:
-        from .server.listener import new_event_loop
-
         self.loop = new_event_loop()
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)

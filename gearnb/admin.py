@@ -6,7 +6,7 @@ import socket
 from typing import Any, NamedTuple
 
 from .errors import ServerError
-from .servers import parse_servers, split_address
+from .addresses import parse_servers, split_address
 
 
 class FunctionStatus(NamedTuple):

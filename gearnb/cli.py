@@ -76,7 +76,7 @@ def _local(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from .admin import Admin
-    from .servers import parse_servers
+    from .addresses import parse_servers
 
     rows = []
     for server in parse_servers(args.servers):

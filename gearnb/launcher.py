@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Sequence
 
-from .servers import parse_servers
+from .addresses import parse_servers
 from .worker import Worker
 
 log = logging.getLogger("gearnb.launcher")

@@ -24,7 +24,7 @@ from .protocol import REQ, RES, Decoder, PacketType, ProtocolError, request
 from .protocol.codec import BufferList, encode_gathered, encode_parts
 from .protocol.packets import DEFAULT_MAX_PACKET_SIZE, Packet
 from .sockets import tune
-from .servers import ServerSpec, parse_servers, split_address
+from .addresses import ServerSpec, parse_servers, split_address
 
 log = logging.getLogger("gearnb.worker")
 P = PacketType

@@ -224,7 +224,7 @@ def test_garbage_gets_error_and_close_while_others_work(name):
                 with RawConnection(address) as bystander:
                     bystander.sync()
                     wait_until(lambda: outcomes["ok"] >= 5)
-                    connections = len(server.core.connections)
+                    connections = len(server.job_server.connections)
                     for _ in range(3):  # the same again: nothing builds up
                         before = outcomes["ok"]
                         with RawConnection(address) as bad:
@@ -239,7 +239,7 @@ def test_garbage_gets_error_and_close_while_others_work(name):
                         # Everybody else carries on.
                         bystander.sync()
                         wait_until(lambda: outcomes["ok"] >= before + 3)
-                    wait_until(lambda: len(server.core.connections) == connections)
+                    wait_until(lambda: len(server.job_server.connections) == connections)
             finally:
                 stop.set()
                 thread.join(10)

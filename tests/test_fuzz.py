@@ -121,7 +121,7 @@ def test_server_survives_hostile_input():
                 if closed and b"\0RES" in reply:
                     closed_with_error += 1
                 # Never more buffered than one packet, on any connection.
-                for conn in list(server.core.connections):
+                for conn in list(server.job_server.connections):
                     assert conn.decoder.buffered <= MAX_PACKET + HEADER_SIZE
             finally:
                 sock.close()
@@ -141,7 +141,7 @@ def test_server_buffers_at_most_one_packet():
         body = b"x" * (MAX_PACKET)
         frame = request(PacketType.ECHO_REQ, body)
         sock.sendall(frame[:-1])
-        wait_until(lambda: any(c.decoder.buffered >= len(body) - 1 for c in server.core.connections))
+        wait_until(lambda: any(c.decoder.buffered >= len(body) - 1 for c in server.job_server.connections))
         sock.sendall(frame[-1:])
         reply, closed = read_all(sock, 2)
         assert not closed and reply.endswith(body)

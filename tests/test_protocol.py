@@ -318,10 +318,28 @@ def test_reading_into_get_buffer(big_packet_mode, ptype, size, data):
         n = min(len(buffer), len(stream) - pos, data.draw(st.sampled_from([1, 5, 12, 1000, 70000, 1 << 30])))
         buffer[:n] = stream[pos:pos + n]
         pos += n
-        if not decoder.reading_large and data.draw(st.booleans()):
-            out += decoder.feed(decoder.read_bytes(n))  # a caller's own path for small reads
-        else:
-            out += decoder.buffer_updated(n)
+        out += decoder.buffer_updated(n)
     assert out == [big, small, small, big, small]
     assert all(type(arg) is bytes for packet in out for arg in packet.args)
     decoder.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(packets(), min_size=1, max_size=6), st.lists(packets(), min_size=1, max_size=6), st.data())
+def test_decoders_sharing_one_read_buffer(first, second, data):
+    """A job server's connections all read into one buffer: each decoder keeps what it needs
+    before the next read overwrites it, so interleaved streams still decode whole."""
+    shared = memoryview(bytearray(64))
+    streams = [b"".join(encode(REQ, p.type, *p.args) for p in plist) for plist in (first, second)]
+    decoders = [Decoder(REQ, read_buffer=shared), Decoder(REQ, read_buffer=shared)]
+    outs: list[list[Packet]] = [[], []]
+    positions = [0, 0]
+    while positions[0] < len(streams[0]) or positions[1] < len(streams[1]):
+        i = data.draw(st.sampled_from([k for k in (0, 1) if positions[k] < len(streams[k])]))
+        buffer = decoders[i].get_buffer()
+        n = min(len(buffer), len(streams[i]) - positions[i], data.draw(st.integers(1, 64)))
+        buffer[:n] = streams[i][positions[i]:positions[i] + n]
+        positions[i] += n
+        outs[i] += decoders[i].buffer_updated(n)
+    assert outs[0] == [Packet(REQ, p.type, p.args) for p in first]
+    assert outs[1] == [Packet(REQ, p.type, p.args) for p in second]

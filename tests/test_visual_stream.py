@@ -91,7 +91,7 @@ def test_stream_of_a_real_server_has_the_right_worker_for_every_job():
                 tasks.add(gearnb.Task("work", f"fail {i}" if i % 10 == 3 else str(i)))
             assert tasks.wait(timeout=60)
             wait_until(lambda: len(stream) == 40)
-        assert server.core.tracer is None
+        assert server.job_server.tracer is None
     lay = stream.layout()
     assert len(lay.bars) == 40 and len(ran) == 40
     assert set(lay.workers) <= {"w1", "w2"}

@@ -11,6 +11,7 @@ import pytest
 
 import gearnb
 from gearnb.protocol import PacketType as P
+from gearnb.server.workers import ASLEEP
 from gearnb.visual import PacketEvent, trace
 from peers import GearnbProcess, RawConnection, gearnb_server, wait_until, worker_thread
 
@@ -63,13 +64,17 @@ def check_calculus(t) -> None:
     assert t.sequence(lanes["worker calc-1"]) == WORKER_LANE, t.text()
     assert t.sequence(lanes["client 1"]) == CLIENT_LANE, t.text()
     # Across lanes: the NOOP follows the submit, the status and result go through the server.
+    # (Packets that came in one read are recorded together, before what the server wrote in
+    # answer: a worker's WORK_STATUS and WORK_COMPLETE may both precede the client's copies.)
     order = [(e.conn, e.kind, e.name) for e in t.events if e.kind in ("in", "out")]
     worker, client = lanes["worker calc-1"].conn, lanes["client 1"].conn
     steps = [(client, "in", "SUBMIT_JOB"), (client, "out", "JOB_CREATED"), (worker, "out", "NOOP"),
-             (worker, "out", "JOB_ASSIGN_UNIQ"), (worker, "in", "WORK_STATUS"), (client, "out", "WORK_STATUS"),
-             (worker, "in", "WORK_COMPLETE"), (client, "out", "WORK_COMPLETE")]
+             (worker, "out", "JOB_ASSIGN_UNIQ"), (worker, "in", "WORK_STATUS"), (worker, "in", "WORK_COMPLETE"),
+             (client, "out", "WORK_COMPLETE")]
     positions = [order.index(step) for step in steps]
     assert positions == sorted(positions), positions
+    passed_on = order.index((client, "out", "WORK_STATUS"))
+    assert order.index((worker, "in", "WORK_STATUS")) < passed_on < order.index((client, "out", "WORK_COMPLETE"))
     # Key arguments: the handle JOB_CREATED names is the one assigned, reported and completed.
     created = next(e for e in t.events if e.name == "JOB_CREATED")
     handle = created.arg("handle")
@@ -91,7 +96,7 @@ def test_calculus_trace_in_process():
             assert msgpack.unpackb(run_calculus(server.address, t)) == 5
         check_calculus(t)
         # The last trace gone, the server checks one attribute per packet again.
-        assert server.core.tracer is None
+        assert server.job_server.tracer is None
 
 
 def test_calculus_trace_of_a_separate_server_process():
@@ -113,8 +118,8 @@ def test_trace_command_leaves_the_server_when_the_reader_goes():
             with worker_thread(server.address, {"f": addition}, client_id="w"):
                 assert t.wait_for(asleep(t, "w"))
             assert t.wait_for(lambda events: events[-1].kind == "closed")  # the worker's end
-            assert server.core.tracer is not None
-        wait_until(lambda: server.core.tracer is None)
+            assert server.job_server.tracer is not None
+        wait_until(lambda: server.job_server.tracer is None)
         assert t.sequence(t.lane("w"), kinds=("closed",)) == ["closed"]
 
 
@@ -145,7 +150,7 @@ def test_svg_is_valid_and_names_every_lane_and_packet():
 
 def test_connections_open_before_the_trace_are_drawn_with_their_state():
     with gearnb_server() as server, worker_thread(server.address, {"addition": addition}, client_id="early"):
-        wait_until(lambda: any(c.sleeping for c in list(server.core.connections)))
+        wait_until(lambda: any(c.worker is not None and c.worker.state == ASLEEP for c in list(server.job_server.connections)))
         with trace(server) as t:
             with gearnb.Client(server.address) as client:
                 client.do("addition", msgpack.packb([1, 1]), timeout=30)
@@ -213,7 +218,7 @@ def test_overlapping_traces_each_see_their_own_span():
             with trace(server) as inner:
                 client.echo(b"two")
             client.echo(b"three")
-        assert server.core.tracer is None
+        assert server.job_server.tracer is None
     echoes = lambda t: [e.arg("data") for e in t.events if e.name == "ECHO_REQ"]  # noqa: E731
     assert echoes(inner) == ["3 B 'two'"]
     assert echoes(outer) == ["3 B 'one'", "3 B 'two'", "5 B 'three'"]
@@ -248,13 +253,13 @@ def test_a_failing_listener_never_breaks_the_server():
         tap = PacketTap(server, broken)
         tap.start()
         assert client.echo(b"still served") == b"still served"
-        assert server.core.tracer is None  # the failing listener was dropped, and with it the hub
+        assert server.job_server.tracer is None  # the failing listener was dropped, and with it the hub
         tap.stop()
 
 
 def test_a_trace_outliving_its_server_still_ends():
     with gearnb_server() as server:
         t = trace(server).start()
-    assert server.core.tracer is not None  # the server went first
+    assert server.job_server.tracer is not None  # the server went first
     t.stop()
-    assert server.core.tracer is None
+    assert server.job_server.tracer is None

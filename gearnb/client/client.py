@@ -10,7 +10,7 @@ from typing import Any
 from .._loop import io_loop
 from ..protocol import PacketType
 from ..protocol.packets import DEFAULT_MAX_PACKET_SIZE
-from ..servers import ServerSpec, parse_servers
+from ..addresses import ServerSpec, parse_servers
 from .core import DEFAULT_SUBMIT_TIMEOUT, ClientCore
 from .task import JobHandle, JobStatus, Task, TaskSet
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ..errors import NoJobServers, ServerError
 from ..protocol import PacketType
 from ..protocol.packets import DEFAULT_MAX_PACKET_SIZE
-from ..servers import split_address
+from ..addresses import split_address
 from .connection import ClientConnection
 from .task import JobStatus
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ..servers import split_address
+from ..addresses import split_address
 
 ADMIN_TIMEOUT = 10.0
 

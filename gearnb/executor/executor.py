@@ -18,7 +18,7 @@ from ..errors import JobFailed
 from ..pyexec import envelope
 from ..pyexec.keys import NO_KEY_HELP, RefusedPayload, Signer, load_key
 from ..pyexec.runner import PYEXEC
-from ..servers import ServerSpec
+from ..addresses import ServerSpec
 from .futures import GearnbFuture
 from .mapping import MapRun
 

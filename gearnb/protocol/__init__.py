@@ -1,13 +1,19 @@
 """The Gearman protocol, sans-IO: packet table, encoder and incremental decoder."""
 
-from .codec import Decoder, ProtocolError, encode, encode_packet, request, response, split_args
+from .codec import (
+    Decoder, ProtocolError, check_args, encode, encode_packet, pack, pack_parts, request, response, split_args,
+)
 from .packets import (
+    ADMIN_LINE,
     ARG_COUNT,
     DEFAULT_MAX_PACKET_SIZE,
+    HEADER,
+    HEADER_SIZE,
     HIGH,
     LOW,
     NORMAL,
     PRIORITY_NAMES,
+    PT,
     REQ,
     RES,
     SUBMIT_TYPE_FOR,
@@ -18,7 +24,8 @@ from .packets import (
 )
 
 __all__ = [
-    "ARG_COUNT", "DEFAULT_MAX_PACKET_SIZE", "HIGH", "LOW", "NORMAL", "PRIORITY_NAMES", "REQ",
-    "RES", "SUBMIT_TYPE_FOR", "SUBMIT_TYPES", "AdminLine", "Decoder", "Packet", "PacketType",
-    "ProtocolError", "encode", "encode_packet", "request", "response", "split_args",
+    "ADMIN_LINE", "ARG_COUNT", "DEFAULT_MAX_PACKET_SIZE", "HEADER", "HEADER_SIZE", "HIGH", "LOW", "NORMAL", "PRIORITY_NAMES",
+    "PT", "REQ", "RES", "SUBMIT_TYPE_FOR", "SUBMIT_TYPES", "AdminLine", "Decoder", "Packet", "PacketType",
+    "ProtocolError", "check_args", "encode", "encode_packet", "pack", "pack_parts", "request", "response",
+    "split_args",
 ]

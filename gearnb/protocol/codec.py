@@ -6,12 +6,14 @@ read into a :class:`Decoder` and write whatever :func:`encode` returns.
 
 from __future__ import annotations
 
-import struct
+import functools
 from typing import Any, Callable
 
 from .packets import (
+    ADMIN_LINE,
     ARG_COUNT,
     DEFAULT_MAX_PACKET_SIZE,
+    HEADER,
     HEADER_SIZE,
     REQ,
     RES,
@@ -20,9 +22,8 @@ from .packets import (
     PacketType,
 )
 
-_HEADER = struct.Struct(">4sII")
-_pack_header = _HEADER.pack
-_unpack_header = _HEADER.unpack_from
+_pack_header = HEADER.pack
+_unpack_header = HEADER.unpack_from
 _new_tuple = tuple.__new__  # Packet(...) without the Python-level namedtuple __new__
 
 # A text (admin) command is one short line; gearmand reads them into a small buffer too.
@@ -45,35 +46,47 @@ class ProtocolError(Exception):
         self.code = code
 
 
-def _check_args(ptype: int, args: tuple[bytes, ...]) -> None:
-    """Raise the ProtocolError that explains why ``args`` do not fit ``ptype``."""
+def check_args(ptype: int, args: tuple[bytes, ...]) -> None:
+    """Raise the ProtocolError that says why ``args`` do not fit ``ptype`` (its argument
+    count; no NUL but in the last argument); return if they fit."""
     expected = ARG_COUNT.get(ptype)
     if expected is None:
         raise ProtocolError(f"unknown packet type {ptype}")
     if len(args) != expected:
-        raise ProtocolError(
-            f"{PacketType(ptype).name} takes {expected} arguments, got {len(args)}"
-        )
-    raise ProtocolError(f"{PacketType(ptype).name}: only the last argument may contain NUL")
+        raise ProtocolError(f"{PacketType(ptype).name} takes {expected} arguments, got {len(args)}")
+    for arg in args[:-1]:
+        if b"\0" in arg:
+            raise ProtocolError(f"{PacketType(ptype).name}: only the last argument may contain NUL")
 
 
-def encode(magic: bytes, ptype: int, *args: bytes) -> bytes:
-    """Encode one packet. ``args`` must match the packet type's argument count."""
-    # Hot path (every packet sent): checks inline, errors explained by _check_args.
-    expected = ARG_COUNT.get(ptype)
-    if expected is None or len(args) != expected:
-        _check_args(ptype, args)
-    if expected > 1:
-        for arg in args[:-1]:
-            if b"\0" in arg:
-                _check_args(ptype, args)
-    if expected and len(args[-1]) >= BIG_PACKET:
+def pack(magic: bytes, ptype: int, args: tuple[bytes, ...] | list[bytes]) -> bytes:
+    """The bytes of one packet whose ``args`` are known to fit ``ptype`` (see
+    :func:`check_args`): for a sender that made the arguments itself, such as the job
+    server's replies. :func:`encode` is this with the checks."""
+    if args and len(args[-1]) >= BIG_PACKET:
         return _encode_big(magic, ptype, args)
     body = b"\0".join(args)
     return _pack_header(magic, ptype, len(body)) + body
 
 
-def _encode_big(magic: bytes, ptype: int, args: tuple[bytes, ...]) -> bytes:
+def encode(magic: bytes, ptype: int, *args: bytes) -> bytes:
+    """Encode one packet; ProtocolError if ``args`` do not fit ``ptype``."""
+    expected = ARG_COUNT.get(ptype)
+    if expected is None or len(args) != expected:
+        check_args(ptype, args)
+    if expected > 1:
+        for arg in args[:-1]:
+            if b"\0" in arg:
+                check_args(ptype, args)
+    return pack(magic, ptype, args)
+
+
+# Packets sent to the job server (magic ``\0REQ``) and by it (``\0RES``).
+request = functools.partial(encode, REQ)
+response = functools.partial(encode, RES)
+
+
+def _encode_big(magic: bytes, ptype: int, args: tuple[bytes, ...] | list[bytes]) -> bytes:
     """A packet with a large last argument, built with one copy of it."""
     size = len(args) - 1
     for arg in args:
@@ -85,15 +98,22 @@ def _encode_big(magic: bytes, ptype: int, args: tuple[bytes, ...]) -> bytes:
     return join_bytes(parts)
 
 
-def encode_parts(magic: bytes, ptype: int, *args: bytes) -> list[bytes]:
-    """``encode(...)`` as pieces to write one after the other (``transport.writelines``,
+def pack_parts(magic: bytes, ptype: int, args: tuple[bytes, ...] | list[bytes]) -> list[bytes]:
+    """:func:`pack` as pieces to write one after the other (``transport.writelines``,
     ``socket.sendmsg``): for a large last argument, the header and leading arguments, then
     the last argument itself, not copied; otherwise the whole packet in one piece."""
     if not args or len(args[-1]) < BIG_PACKET:
-        return [encode(magic, ptype, *args)]
-    head = encode(magic, ptype, *args[:-1], b"")  # checks the arguments; the size is patched
-    size = len(head) - HEADER_SIZE + len(args[-1])
-    return [_pack_header(magic, ptype, size) + head[HEADER_SIZE:], args[-1]]
+        return [pack(magic, ptype, args)]
+    last = args[-1]
+    head = pack(magic, ptype, (*args[:-1], b""))
+    size = len(head) - HEADER_SIZE + len(last)
+    return [_pack_header(magic, ptype, size) + head[HEADER_SIZE:], last]
+
+
+def encode_parts(magic: bytes, ptype: int, *args: bytes) -> list[bytes]:
+    """:func:`encode` as pieces (see :func:`pack_parts`)."""
+    check_args(ptype, args)
+    return pack_parts(magic, ptype, args)
 
 
 def nbytes(part: bytes | memoryview) -> int:
@@ -115,43 +135,14 @@ class BufferList(list):
 def encode_gathered(magic: bytes, ptype: int, *args: bytes, last: BufferList) -> list[bytes | memoryview]:
     """:func:`encode_parts` for a last argument given as a :class:`BufferList`: the header and
     leading arguments in one piece, then the buffers of ``last``, not copied."""
-    head = encode(magic, ptype, *args, b"")  # checks the arguments; the size is patched
+    check_args(ptype, (*args, b""))
+    head = pack(magic, ptype, (*args, b""))
     size = len(head) - HEADER_SIZE + last.nbytes
     return [_pack_header(magic, ptype, size) + head[HEADER_SIZE:], *last]
 
 
 def encode_packet(packet: Packet) -> bytes:
     return encode(packet.magic, packet.type, *packet.args)
-
-
-def request(ptype: int, *args: bytes) -> bytes:
-    """Encode a packet sent to the job server (``\\0REQ``)."""
-    expected = ARG_COUNT.get(ptype)  # the same as encode(REQ, ...), one call less
-    if expected is None or len(args) != expected:
-        _check_args(ptype, args)
-    if expected > 1:
-        for arg in args[:-1]:
-            if b"\0" in arg:
-                _check_args(ptype, args)
-    if expected and len(args[-1]) >= BIG_PACKET:
-        return _encode_big(REQ, ptype, args)
-    body = b"\0".join(args)
-    return _pack_header(REQ, ptype, len(body)) + body
-
-
-def response(ptype: int, *args: bytes) -> bytes:
-    """Encode a packet sent by the job server (``\\0RES``)."""
-    expected = ARG_COUNT.get(ptype)  # the same as encode(RES, ...), one call less
-    if expected is None or len(args) != expected:
-        _check_args(ptype, args)
-    if expected > 1:
-        for arg in args[:-1]:
-            if b"\0" in arg:
-                _check_args(ptype, args)
-    if expected and len(args[-1]) >= BIG_PACKET:
-        return _encode_big(RES, ptype, args)
-    body = b"\0".join(args)
-    return _pack_header(RES, ptype, len(body)) + body
 
 
 def split_args(ptype: int, body: bytes) -> tuple[bytes, ...]:
@@ -181,10 +172,19 @@ class Decoder:
     :meth:`feed` returns the complete packets and admin lines decoded so far; it raises
     :class:`ProtocolError` on bad input, after which the decoder must not be used again.
     Nothing is buffered beyond ``max_packet_size`` (plus one header).
+
+    Readers that read into the decoder (:meth:`get_buffer`, then :meth:`buffer_updated`) may
+    share one ``read_buffer`` among many decoders, as a job server with thousands of
+    connections does: the decoder copies out what it keeps before ``buffer_updated`` returns.
+
+    With ``raw=True`` the decoder hands out ``(type, args)`` pairs instead of :class:`Packet`
+    objects (``args`` a sequence of bytes; an admin line is ``(ADMIN_LINE, text)``): the form
+    for code that reads every packet of a busy connection (the job server, the client, the
+    worker), where making a namedtuple per packet costs more than deciding what to do with it.
     """
 
     __slots__ = ("_buf", "expect", "allow_text", "max_packet_size", "_failed", "_big", "_scratch",
-                 "_into_big")
+                 "_into_big", "raw")
 
     def __init__(
         self,
@@ -192,16 +192,19 @@ class Decoder:
         *,
         allow_text: bool = False,
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        read_buffer: memoryview | None = None,
+        raw: bool = False,
     ) -> None:
         if expect not in (REQ, RES):
             raise ValueError("expect must be REQ or RES")
+        self.raw = raw
         self._buf = bytearray()
         self.expect = expect
         self.allow_text = allow_text
         self.max_packet_size = max_packet_size
         self._failed = False
         self._big: _BigPacket | None = None  # a large packet being received
-        self._scratch: memoryview | None = None  # get_buffer()'s buffer for everything else
+        self._scratch = read_buffer  # get_buffer()'s buffer for everything else (made on first use)
         self._into_big = False  # the last get_buffer() was a view into the large packet
 
     @property
@@ -216,7 +219,8 @@ class Decoder:
         big = self._big
         return len(self._buf) + (0 if big is None else big.size - big.remaining)
 
-    def feed(self, data: bytes) -> list[Packet | AdminLine]:
+    def feed(self, data: bytes) -> list[Any]:
+        """Decode ``data`` after what came before it: the complete packets (and admin lines)."""
         if self._failed:
             raise ProtocolError("decoder already failed")
         if self._big is not None:
@@ -231,7 +235,7 @@ class Decoder:
             src = data
         else:
             src = bytes(data)
-        out: list[Packet | AdminLine] = []
+        out: list[tuple[int, Any]] = []
         append = out.append
         expect = self.expect
         max_size = self.max_packet_size
@@ -253,7 +257,7 @@ class Decoder:
                     pos = end + 1
                     if line.endswith(b"\r"):
                         line = line[:-1]
-                    append(AdminLine(line.decode("utf-8", "replace")))
+                    append((ADMIN_LINE, line.decode("utf-8", "replace")))
                     continue
                 if n - pos < HEADER_SIZE:
                     # Check what we have of the magic early: garbage is refused before
@@ -285,16 +289,16 @@ class Decoder:
                 body = bytes(src[pos + HEADER_SIZE:end]) if copy else src[pos + HEADER_SIZE:end]
                 pos = end
                 if count == 1:
-                    args: tuple[bytes, ...] = (body,)
+                    args: Any = (body,)
                 elif count == 0:
                     if body:
                         split_args(ptype, body)  # raises
                     args = ()
                 else:
-                    args = tuple(body.split(b"\0", count - 1))
+                    args = body.split(b"\0", count - 1)
                     if len(args) != count:
                         split_args(ptype, body)  # raises
-                append(_new_tuple(Packet, (expect, ptype, args)))
+                append((ptype, args))
         except ProtocolError:
             self._failed = True
             buf.clear()
@@ -304,7 +308,13 @@ class Decoder:
                 del buf[:pos]
         elif pos < n:
             buf += src[pos:] if pos else src
-        return out
+        return out if self.raw else self._packets(out)
+
+    def _packets(self, pairs: list[tuple[int, Any]]) -> list[Packet | AdminLine]:
+        """``(type, args)`` pairs as :class:`Packet` and :class:`AdminLine` objects."""
+        expect = self.expect
+        return [AdminLine(args) if ptype == ADMIN_LINE else _new_tuple(Packet, (expect, ptype, tuple(args)))
+                for ptype, args in pairs]
 
     # -- reading straight into place (asyncio.BufferedProtocol, socket.recv_into) ----------
     def get_buffer(self, sizehint: int = -1) -> memoryview:
@@ -325,18 +335,7 @@ class Decoder:
             self._scratch = memoryview(bytearray(RECV_BUFFER))
         return self._scratch
 
-    @property
-    def reading_large(self) -> bool:
-        """The last :meth:`get_buffer` was a view into a large packet's final bytes object."""
-        return self._into_big
-
-    def read_bytes(self, nbytes: int) -> bytes:
-        """The ``nbytes`` read into :meth:`get_buffer`'s own buffer (not into a large packet),
-        as bytes: for a caller that passes small reads to its own fast path, then to feed()."""
-        assert not self._into_big and self._scratch is not None
-        return bytes(self._scratch[:nbytes])
-
-    def buffer_updated(self, nbytes: int) -> list[Packet | AdminLine]:
+    def buffer_updated(self, nbytes: int) -> list[Any]:
         """``nbytes`` were read into the buffer :meth:`get_buffer` returned: decode them."""
         if not self._into_big:
             assert self._scratch is not None
@@ -350,7 +349,7 @@ class Decoder:
             return []
         return self._feed_big(b"")  # complete: hand it out
 
-    def _feed_big(self, data: bytes) -> list[Packet | AdminLine]:
+    def _feed_big(self, data: bytes) -> list[Any]:
         """Take the next piece of a large packet; decode what follows it as usual."""
         big = self._big
         assert big is not None
@@ -367,7 +366,7 @@ class Decoder:
             self._failed = True
             self._buf.clear()
             raise
-        packet = _new_tuple(Packet, (self.expect, big.ptype, args))
+        packet = (big.ptype, args) if self.raw else _new_tuple(Packet, (self.expect, big.ptype, args))
         if len(data) == need:
             return [packet]
         return [packet, *self.feed(data[need:])]

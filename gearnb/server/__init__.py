@@ -6,6 +6,7 @@
 """
 
 from .core import JobServer
-from .listener import DEFAULT_PORT, Server, serve
+from ..addresses import DEFAULT_PORT
+from .listener import Server, serve
 
 __all__ = ["DEFAULT_PORT", "JobServer", "Server", "serve"]

@@ -94,7 +94,8 @@ class AdminCommands:
         # gearmand keeps connections and a worker's functions in lists it prepends to: it shows
         # the newest first. So do we.
         for c in reversed(self.server.connections):
-            names = b"".join(b" " + f.name for f in reversed(c.abilities))
+            functions = c.worker.functions if c.worker is not None else ()
+            names = b"".join(b" " + f.name for f in reversed(functions))
             lines.append(b"%d %s %s :%s\n" % (c.fd, c.peer.encode(), c.client_id, names))
         return b"".join(lines) + b".\n"
 

@@ -1,4 +1,8 @@
-"""Functions: per-name priority queues, the workers that can run them and who is asleep."""
+"""Functions: per-name priority queues, their job counts, and the workers that can run them.
+
+Which of those workers sleep, and how many were woken, is kept here but changed only by the
+wake-up machine in :mod:`.workers`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ from typing import TYPE_CHECKING
 from ..protocol import HIGH, LOW, NORMAL
 
 if TYPE_CHECKING:
-    from .connections import Connection
     from .jobs import Job
+    from .workers import WorkerRecord
 
 PRIORITIES = (HIGH, NORMAL, LOW)
 
@@ -32,16 +36,16 @@ class Function:
         self.queued = 0      # jobs waiting in the queues
         self.running = 0     # jobs assigned to a worker
         self.scheduled = 0   # epoch jobs not yet due
-        self.workers: dict[Connection, None] = {}   # connections that sent CAN_DO (ordered set)
-        self.sleepers: dict[Connection, None] = {}  # of those, asleep and not yet woken
-        self.waking = 0      # NOOPs sent whose worker has not come back to grab yet
+        self.workers: dict[WorkerRecord, None] = {}   # workers that can do it (ordered set)
+        self.sleepers: dict[WorkerRecord, None] = {}  # of those, asleep and not yet woken
+        self.waking = 0      # NOOPs sent for this function whose worker has not grabbed yet
         self.by_unique: dict[bytes | tuple[bytes, bytes], Job] = {}  # Job.key -> job
         # Per priority of the job submitted; 0 means unlimited (gearmand's default).
         self.max_queue = [0, 0, 0]
 
     @property
     def total(self) -> int:
-        """What gearmand's ``status`` calls TOTAL: queued plus running."""
+        """What gearmand's ``status`` calls TOTAL: queued, running and scheduled (epoch) jobs."""
         return self.queued + self.running + self.scheduled
 
     def queue_full(self, priority: int) -> bool:
@@ -81,3 +85,6 @@ class Function:
             return False
         self.queued -= 1
         return True
+
+    def __repr__(self) -> str:
+        return f"<Function {self.name!r} queued={self.queued} running={self.running}>"

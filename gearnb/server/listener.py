@@ -10,21 +10,12 @@ import signal
 import threading
 from typing import Any
 
+from .._loop import new_event_loop
+from ..addresses import DEFAULT_PORT
 from .connections import Connection
 from .core import JobServer
 
 log = logging.getLogger("gearnb.server")
-
-DEFAULT_PORT = 4730  # IANA's Gearman port
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where installed: it roughly doubles the server's jobs/s on this machine."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def is_loopback(host: str) -> bool:
@@ -59,7 +50,7 @@ class Server:
         self.port = port
         self.ssl = ssl  # an ssl.SSLContext (gearnb.tls.server_context) for TLS connections
         self.options = options
-        self.core: JobServer | None = None
+        self.job_server: JobServer | None = None  # made by start()
         self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -72,11 +63,11 @@ class Server:
         warning = exposure_warning(self.host)
         if warning:
             log.warning("%s", warning)
-        self.core = JobServer(**self.options)
-        self.core.restore()  # background jobs kept in a persistent queue run again
         loop = asyncio.get_running_loop()
+        job_server = self.job_server = JobServer(timers=loop, **self.options)
+        job_server.restore()  # background jobs kept in a persistent queue run again
         self._server = await loop.create_server(
-            lambda: Connection(self.core), self.host or None, self.port, reuse_address=True, backlog=1024,
+            lambda: Connection(job_server), self.host or None, self.port, reuse_address=True, backlog=1024,
             ssl=self.ssl
         )
         sock = self._server.sockets[0]
@@ -86,13 +77,13 @@ class Server:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            for conn in list(self.core.connections if self.core else ()):
+            for conn in list(self.job_server.connections if self.job_server else ()):
                 if conn.transport is not None:
                     conn.transport.abort()
             await self._server.wait_closed()
             self._server = None
-        if self.core is not None and self.core.queue is not None:
-            self.core.queue.close()
+        if self.job_server is not None and self.job_server.queue is not None:
+            self.job_server.queue.close()
 
     async def serve_forever(self) -> None:
         await self.start()

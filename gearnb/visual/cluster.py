@@ -175,6 +175,7 @@ def _worker_name(conn: Any) -> str:
 def _read_job_server(core: JobServer, address: str) -> ClusterSnapshot:
     """The snapshot, read on the server's thread (nothing changes meanwhile)."""
     from ..server.jobs import QUEUED, RUNNING
+    from ..server.workers import ASLEEP
 
     functions = []
     for f in core.functions.values():
@@ -185,20 +186,21 @@ def _read_job_server(core: JobServer, address: str) -> ClusterSnapshot:
                                        queue))  # type: ignore[arg-type]
     workers = []
     for conn in core.connections:
-        if not conn.abilities:
+        worker = conn.worker
+        if worker is None or not worker.functions:
             continue
         workers.append(WorkerState(
             conn.fd, conn.peer, conn.client_id.decode(errors="replace"),
-            tuple(f.name.decode(errors="replace") for f in conn.abilities),
-            tuple(job.handle.decode(errors="replace") for job in conn.worker_jobs),
-            conn.sleeping))
+            tuple(f.name.decode(errors="replace") for f in worker.functions),
+            tuple(job.handle.decode(errors="replace") for job in worker.jobs),
+            worker.state == ASLEEP))  # WOKEN (a NOOP on its way) counts as awake
     jobs = []
     for job in core.jobs.values():
         state = "running" if job.state == RUNNING else "queued" if job.state == QUEUED else "scheduled"
         jobs.append(JobState(
             job.handle.decode(errors="replace"), state, job.function.name.decode(errors="replace"),
             PRIORITIES[job.priority], job.background, _int(job.numerator), _int(job.denominator),
-            _worker_name(job.worker) if job.worker is not None else None, job.retries))
+            _worker_name(job.worker.conn) if job.worker is not None else None, job.retries))
     return ClusterSnapshot(address, "in-process", time.time(), tuple(sorted(functions, key=lambda f: f.name)),
                            tuple(sorted(workers, key=lambda w: w.fd)), tuple(jobs), len(core.connections))
 

@@ -28,7 +28,7 @@ def job_server(server: Any) -> JobServer | None:
 
     if isinstance(server, JobServer):
         return server
-    core = getattr(server, "core", None)
+    core = getattr(server, "job_server", None)
     return core if isinstance(core, JobServer) else None
 
 

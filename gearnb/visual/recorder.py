@@ -1,9 +1,12 @@
 """Recording packets at the job server, and bringing them to whoever listens.
 
 The server calls a :class:`TraceHub` (``JobServer.tracer``, None when nobody listens) from
-its own thread: :meth:`TraceHub.received` before it handles a packet or admin line,
-:meth:`TraceHub.sent` with the bytes it queues for a peer, :meth:`TraceHub.closed` when a
-connection ends. The hub makes :class:`~.events.PacketEvent` s and gives each to its sinks.
+its own thread: :meth:`TraceHub.received` with the packets and admin lines of one read,
+before it handles them (``JobServer.received``), :meth:`TraceHub.sent` with the bytes of one
+write to a peer (``Connection.write_out``), :meth:`TraceHub.closed` when a connection ends
+(``JobServer.connection_lost``). So a trace shows the packets of a read, then what the
+server wrote when that turn of its loop ended. The hub makes :class:`~.events.PacketEvent` s
+and gives each to its sinks.
 
 A :class:`PacketTap` connects a sink (a :class:`~.trace.Trace`, a task stream's recorder):
 :func:`attach` on the server's thread for a server in this process; for a gearnb server in
@@ -21,9 +24,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from ..protocol import RES, Decoder, PacketType, ProtocolError
-from ..protocol.packets import AdminLine, Packet
-from ..servers import split_address
+from ..addresses import split_address
+from ..protocol import ADMIN_LINE, PT, RES, Decoder, ProtocolError
+from ..server.workers import ASLEEP
 from .events import CLOSED, IN, OUT, STATE, TEXT, PacketEvent, packet_name, raw_arguments
 from .inprocess import ServerStopped, job_server, on_server_thread
 
@@ -32,7 +35,6 @@ if TYPE_CHECKING:
     from ..server.core import JobServer
 
 log = logging.getLogger("gearnb.visual")
-P = PacketType
 
 # A streaming admin connection whose reader falls behind by this many bytes loses events
 # (counted and reported in the stream) rather than growing the server's memory.
@@ -65,42 +67,44 @@ class TraceHub:
         self._numbers = itertools.count(1)
 
     # -- the server's hooks --------------------------------------------------------------
-    def received(self, conn: Connection, ptype: int | None, args: Iterable[Any]) -> None:
-        """A packet (``ptype``) or an admin line (``ptype`` None, ``args`` its text) arrived;
-        called before the server handles it."""
+    def received(self, conn: Connection, items: Iterable[tuple[int, Any]]) -> None:
+        """The packets and admin lines of one read (``(type, args)``, an admin line
+        ``(ADMIN_LINE, text)``), before the server handles them."""
         if conn in self.quiet:
             return
-        if ptype is None:
-            line = str(next(iter(args), "")).encode(errors="replace")
-            self._emit(conn, IN, TEXT, (line,), len(line))
-            return
-        args = tuple(args)
-        self._emit(conn, IN, packet_name(ptype), raw_arguments(ptype, args), _body_size(args))
+        client_id = None
+        for ptype, args in items:
+            if ptype == ADMIN_LINE:
+                line = str(args).encode(errors="replace")
+                self._emit(conn, IN, TEXT, (line,), len(line), client_id=client_id)
+                continue
+            args = tuple(args)
+            if ptype == PT.SET_CLIENT_ID:  # recorded before the server takes it: say it at once
+                client_id = args[0] or b"-"
+            self._emit(conn, IN, packet_name(ptype), raw_arguments(ptype, args), _body_size(args),
+                       client_id=client_id)
 
-    def received_item(self, conn: Connection, item: Packet | AdminLine) -> None:
-        """:meth:`received` for what the server's Decoder gave (a packet or an admin line)."""
-        if type(item) is AdminLine:
-            self.received(conn, None, (item.text,))
-        else:
-            self.received(conn, item.type, item.args)
-
-    def sent(self, conn: Connection, data: bytes) -> None:
-        """The server queued ``data`` (whole packets, or parts of a large one) for ``conn``."""
+    def sent(self, conn: Connection, parts: Iterable[bytes]) -> None:
+        """The server writes ``parts`` (whole packets, or parts of a large one) to ``conn``."""
         if conn in self.quiet:
             return
         state = self._state(conn)
-        if state.decoder is None:
-            state.decoder = Decoder(RES, allow_text=True, max_packet_size=self.server.max_packet_size)
-        try:
-            items = state.decoder.feed(data)
-        except ProtocolError as exc:  # cannot happen with the server's own output; do not break it
-            log.warning("trace: cannot decode what the server sent to fd %d: %s", conn.fd, exc)
-            state.decoder = None
-            return
-        for item in items:
-            if type(item) is AdminLine:
-                continue  # the answer to an admin command: the command itself is the arrow
-            self._emit(conn, OUT, packet_name(item.type), raw_arguments(item.type, item.args), _body_size(item.args))
+        decoder = state.decoder
+        if decoder is None:
+            decoder = state.decoder = Decoder(RES, allow_text=True, max_packet_size=self.server.max_packet_size,
+                                              raw=True)
+        for data in parts:
+            try:
+                items = decoder.feed(data)
+            except ProtocolError as exc:  # cannot happen with the server's own output; do not break it
+                log.warning("trace: cannot decode what the server sent to fd %d: %s", conn.fd, exc)
+                state.decoder = None
+                return
+            for ptype, args in items:
+                if ptype == ADMIN_LINE:
+                    continue  # the answer to an admin command: the command itself is the arrow
+                args = tuple(args)
+                self._emit(conn, OUT, packet_name(ptype), raw_arguments(ptype, args), _body_size(args))
 
     def closed(self, conn: Connection) -> None:
         """``conn`` ended (the peer left, or the server closed it)."""
@@ -122,11 +126,13 @@ class TraceHub:
         return state
 
     def _emit(self, conn: Connection, kind: str, name: str, raw: tuple[bytes, ...] = (),
-              size: int = 0, sinks: tuple[Callable[[PacketEvent], None], ...] | None = None) -> None:
+              size: int = 0, sinks: tuple[Callable[[PacketEvent], None], ...] | None = None,
+              client_id: bytes | None = None) -> None:
+        """Give every sink (or ``sinks``) the event; ``client_id``: the connection's, if it
+        changes within the read being recorded."""
         number = self._state(conn).number
-        client_id = conn.client_id
-        if name == "SET_CLIENT_ID" and raw:  # recorded before the server takes it: say it at once
-            client_id = raw[0] or b"-"
+        if client_id is None:
+            client_id = conn.client_id
         event = PacketEvent(next(self._seq), time.perf_counter(), number, kind, name, raw, size,
                             conn.fd, conn.peer, client_id.decode(errors="replace"))
         for sink in self.sinks if sinks is None else sinks:
@@ -144,8 +150,9 @@ class TraceHub:
         for conn in list(self.server.connections):
             if conn in self.quiet or conn.closed:
                 continue
-            abilities = b" ".join(f.name for f in conn.abilities)
-            raw = (abilities, b"1" if conn.sleeping and not conn.noop_sent else b"0")
+            worker = conn.worker
+            abilities = b" ".join(f.name for f in worker.functions) if worker is not None else b""
+            raw = (abilities, b"1" if worker is not None and worker.state == ASLEEP else b"0")
             self._emit(conn, STATE, "", raw if abilities else (), sinks=(sink,))
 
     def add(self, sink: Callable[[PacketEvent], None]) -> None:
@@ -234,30 +241,63 @@ STREAM_CONNECT_TIMEOUT = 10.0
 
 
 class _StreamSink:
-    """A hub sink writing each event as a line to an admin connection (on the server's thread)."""
+    """A hub sink writing each event as a line to an admin connection (on the server's thread).
 
-    def __init__(self, conn: Connection) -> None:
+    The lines go straight to the connection's transport, at most once per turn of the
+    server's loop, not through the server's outbox: the sink is called while the outbox
+    writes other connections, and stream lines are not replies to hold back.
+    """
+
+    def __init__(self, conn: Connection, call_soon: Callable[..., object] | None) -> None:
         self.conn = conn
+        self.call_soon = call_soon  # the server loop's; None: write at once
+        self.lines: list[bytes] = [(STREAM_HELLO + "\n").encode()]  # before the first event line
+        self.pending = len(self.lines[0])
         self.lost = 0
+        self._scheduled = False
+        self._schedule()
 
     def __call__(self, event: PacketEvent) -> None:
-        conn = self.conn
-        transport = conn.transport
-        backlog = conn.out_bytes + (transport.get_write_buffer_size() if transport is not None else 0)
+        transport = self.conn.transport
+        backlog = self.pending + (transport.get_write_buffer_size() if transport is not None else 0)
         if backlog > STREAM_BACKLOG:
             self.lost += 1
             return
         if self.lost:
-            conn.send(f"L {self.lost}\n".encode())
+            self._add(f"L {self.lost}\n".encode())
             self.lost = 0
-        conn.send(event.to_line().encode() + b"\n")
+        self._add(event.to_line().encode() + b"\n")
+        self._schedule()
+
+    def _add(self, line: bytes) -> None:
+        self.lines.append(line)
+        self.pending += len(line)
+
+    def _schedule(self) -> None:
+        if self._scheduled:
+            return
+        if self.call_soon is None:
+            self.write()
+        else:
+            self._scheduled = True
+            self.call_soon(self.write)
+
+    def write(self) -> None:
+        self._scheduled = False
+        conn = self.conn
+        lines, self.lines, self.pending = self.lines, [], 0
+        if conn.closed or conn.transport is None:
+            return
+        conn.write_out()  # replies queued before the stream began go first
+        conn.transport.write(b"".join(lines))
 
 
 def stream_command(server: JobServer, conn: Connection, words: list[str]) -> bytes:
     """The admin command ``trace``: from now on, every event of the server goes to this
     connection as a line (:meth:`PacketEvent.to_line`), until the connection closes."""
-    conn.send((STREAM_HELLO + "\n").encode())  # before the first event line
-    attach(server, _StreamSink(conn), quiet=conn)  # on the server's thread: this is a command
+    timers = server.timers
+    sink = _StreamSink(conn, timers.call_soon if timers is not None else None)
+    attach(server, sink, quiet=conn)  # on the server's thread: this is a command
     return b""
 
 
