@@ -12,8 +12,10 @@ import pytest
 
 import gearnb
 from gearnb.visual.cluster import AdminSource, InProcessSource, snapshot
+from gearnb.protocol import PacketType as P
 from gearnb.visual.cluster_view import ClusterView
 from peers import gearnb_server, wait_until, worker_thread
+from server_helpers import submit, worker
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -59,7 +61,7 @@ def assert_matches_admin(snap, admin: gearnb.Admin) -> None:
     listed = admin.show_jobs()
     assert {j.handle for j in snap.jobs} == {j.handle for j in listed}
     # show jobs' JOB_QUEUED column is 1 for background jobs, running or not, 0 for foreground ones.
-    assert {j.handle: j.background for j in snap.jobs} == {j.handle: j.queued for j in listed}
+    assert {j.handle: j.background for j in snap.jobs} == {j.handle: j.background for j in listed}
     assert len(snap.running) == sum(s.running for s in status.values())
 
 
@@ -114,6 +116,35 @@ def run_scenario(address: str, sources) -> dict[str, bytes]:
             wait_until(lambda: all(s.total == 0 for s in admin.status()))
             check(sources, admin, queued=(0, 0, 0), workers=1)
         return handles
+
+
+def test_show_jobs_and_status_agree_on_what_runs(server_address, connect):
+    """Two jobs run (one background, one foreground) and two wait: ``show jobs`` lists the
+    four that ``status`` counts, its JOB_QUEUED column (JobInfo.background) tells background
+    from foreground, running or not, on gearmand and the gearnb server alike; which two run
+    is what ``status`` and GET_STATUS say, and what the picture shows."""
+    c = connect(server_address)
+    bg_run = submit(c, P.SUBMIT_JOB_BG, b"f", b"bg-run", b"1")
+    fg_run = submit(c, P.SUBMIT_JOB, b"f", b"fg-run", b"2")
+    fg_wait = submit(c, P.SUBMIT_JOB, b"f", b"fg-wait", b"3")
+    bg_wait = submit(c, P.SUBMIT_JOB_BG, b"f", b"bg-wait", b"4")
+    for expected in (bg_run, fg_run):
+        assert worker(connect, server_address, b"f").call(P.GRAB_JOB_UNIQ, reply=P.JOB_ASSIGN_UNIQ)[0] == expected
+    with gearnb.Admin(server_address) as admin:
+        [status] = admin.status()
+        assert (status.function, status.total, status.running, status.workers) == ("f", 4, 2, 2)
+        listed = {j.handle.encode(): j for j in admin.show_jobs()}
+        assert sorted(listed) == sorted([bg_run, fg_run, fg_wait, bg_wait])  # every job status counts
+        assert {h: j.background for h, j in listed.items()} == {bg_run: True, fg_run: False, fg_wait: False,
+                                                                bg_wait: True}
+        assert {(j.retries, j.ignored) for j in listed.values()} == {(0, False)}
+        running = {h for h in listed if c.call(P.GET_STATUS, h, reply=P.STATUS_RES)[2] == b"1"}
+        assert running == {bg_run, fg_run} and len(running) == status.running
+        snap = snapshot(server_address)
+        assert_matches_admin(snap, admin)
+        assert {j.handle.encode(): (j.state, j.background) for j in snap.jobs} == {
+            bg_run: ("running", True), fg_run: ("running", False), fg_wait: ("queued", False),
+            bg_wait: ("queued", True)}
 
 
 def test_picture_matches_the_admin_protocol(server_address):

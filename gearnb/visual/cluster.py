@@ -241,8 +241,8 @@ class AdminSource:
         workers = tuple(sorted((WorkerState(w.fd, w.ip, w.client_id, tuple(w.functions))
                                 for w in connections if w.functions), key=lambda w: w.fd))
         listed = self.admin.show_jobs()
-        # Background jobs first (JOB_QUEUED=1 means background, see the module docstring).
-        asked = sorted(listed, key=lambda j: not j.queued)[:MAX_STATUS_QUERIES]
+        # Background jobs first (see JobInfo.background).
+        asked = sorted(listed, key=lambda j: not j.background)[:MAX_STATUS_QUERIES]
         if len(listed) > len(asked):
             notes.append(f"{len(listed) - len(asked)} more jobs not asked about (MAX_STATUS_QUERIES)")
         statuses = self._statuses([j.handle for j in asked])
@@ -250,7 +250,7 @@ class AdminSource:
         for info, st in zip(asked, statuses):
             if not st.known:
                 continue  # finished between `show jobs` and GET_STATUS
-            jobs.append(JobState(info.handle, "running" if st.running else "queued", background=info.queued,
+            jobs.append(JobState(info.handle, "running" if st.running else "queued", background=info.background,
                                  numerator=st.numerator, denominator=st.denominator, retries=info.retries))
         return ClusterSnapshot(self.address, "admin", time.time(), tuple(sorted(functions, key=lambda f: f.name)),
                                workers, tuple(jobs), len(connections), tuple(notes))
