@@ -149,8 +149,12 @@ def test_svg_is_valid_and_names_every_lane_and_packet():
 
 
 def test_connections_open_before_the_trace_are_drawn_with_their_state():
-    with gearnb_server() as server, worker_thread(server.address, {"addition": addition}, client_id="early"):
-        wait_until(lambda: any(c.worker is not None and c.worker.state == ASLEEP for c in list(server.job_server.connections)))
+    """A worker asleep before the trace starts with its state; one that stays asleep all
+    along gets no lane, only a mention under the diagram."""
+    with (gearnb_server() as server, worker_thread(server.address, {"addition": addition}, client_id="early"),
+          worker_thread(server.address, {"other": addition}, client_id="idle")):
+        wait_until(lambda: sum(c.worker is not None and c.worker.state == ASLEEP
+                               for c in list(server.job_server.connections)) == 2)
         with trace(server) as t:
             with gearnb.Client(server.address) as client:
                 client.do("addition", msgpack.packb([1, 1]), timeout=30)
@@ -160,6 +164,13 @@ def test_connections_open_before_the_trace_are_drawn_with_their_state():
         assert (first.kind, first.arg("abilities"), first.arg("sleeping")) == ("state", "addition", "1")
         assert t.sequence(lane)[:3] == ["<NOOP", "GRAB_JOB_UNIQ", "<JOB_ASSIGN_UNIQ"]
         assert "can do addition · asleep" in t.text()
+        idle = t.lane("idle")
+        assert t.sequence(idle, kinds=("state", "in", "out")) == ["state"]
+        root = ET.fromstring(t.svg())
+        titles = [node.text for node in root.iter(SVG + "text") if node.get("class") == "lane-title"]
+        assert titles == ["client 1", "job server", "worker early"]
+        note = "not drawn, no packets during the trace: worker idle"
+        assert note in t.text() and note in t.svg()
 
 
 def test_a_worker_that_drops_mid_job_ends_its_lane_and_the_job_moves_on():

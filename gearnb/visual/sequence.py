@@ -5,7 +5,9 @@ connections, clients, the job server, workers) and one row per event, time flowi
 A packet is an arrow between its connection's lane and the job server's lane, labelled with
 its name and key arguments. On a worker's lane, a bar marks a job running (JOB_ASSIGN to
 its WORK_COMPLETE / FAIL / EXCEPTION) and a dotted lifeline the worker asleep (PRE_SLEEP to
-NOOP). A connection that ends gets a cross.
+NOOP). A connection that ends gets a cross. Connections that were open but exchanged no
+packet during the trace (the other workers of a cluster, asleep) get no lane: a line under
+the diagram names them.
 """
 
 from __future__ import annotations
@@ -68,11 +70,15 @@ class Layout:
     sleeping: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     ended: dict[int, int] = field(default_factory=dict)  # lane -> row of its CLOSED event
     origin: float = 0.0  # the time of the trace's first event: times are shown from there
+    quiet: list[Lane] = field(default_factory=list)  # open all along, no packets: not drawn
 
 
 def layout(trace: Trace, *, start: int = 0, limit: int = MAX_ROWS) -> Layout:
     """Order the lanes and pick the rows ``start`` .. ``start + limit`` of the trace."""
-    lanes = sorted(trace.lanes, key=lambda lane: (_ROLE_ORDER.get(lane.role, 1), lane.conn))
+    active = {e.conn for e in list(trace.events) if e.kind != STATE}
+    quiet = [lane for lane in trace.lanes if lane.conn not in active]
+    lanes = sorted((lane for lane in trace.lanes if lane.conn in active),
+                   key=lambda lane: (_ROLE_ORDER.get(lane.role, 1), lane.conn))
     split = sum(1 for lane in lanes if _ROLE_ORDER.get(lane.role, 1) < _ROLE_ORDER["worker"])
     ordered: list[Lane | None] = [*lanes[:split], None, *lanes[split:]]
     index = {lane.conn: i for i, lane in enumerate(ordered) if lane is not None}
@@ -80,7 +86,8 @@ def layout(trace: Trace, *, start: int = 0, limit: int = MAX_ROWS) -> Layout:
     shown = events[start:start + limit]
     rows = [Row(e, index[e.conn]) for e in shown]
     out = Layout(ordered, split, rows, skipped_before=min(start, len(events)),
-                 skipped_after=max(len(events) - start - limit, 0), origin=events[0].time if events else 0.0)
+                 skipped_after=max(len(events) - start - limit, 0), origin=events[0].time if events else 0.0,
+                 quiet=quiet)
     # Spans on worker lanes: running a job, sleeping. Open spans run to the last row.
     running: dict[tuple[int, str], int] = {}
     asleep: dict[int, int] = {}
@@ -250,12 +257,21 @@ def render_svg(trace: Trace, *, start: int = 0, limit: int = MAX_ROWS) -> str:
                               size=10, fill=c["muted"]))
     if not lay.rows:
         parts.append(svg.text(TIME_WIDTH, top + 12, "no packets recorded", size=11, fill=c["muted"]))
+    if lay.quiet:
+        note = _quiet_note(lay.quiet)
+        parts.append(svg.text(10, height + 8, svg.fit(note, width - 20, 10), size=10, fill=c["muted"],
+                              font_style="italic", title=note))
+        height += 18
     legend, legend_width = _legend(10, height + 6)
     parts.extend(legend)
     height += LEGEND
     width = max(width, legend_width + 20)
     names = ", ".join(_title(lane) for lane in lay.lanes)
     return svg.document(width, height, parts, label=f"Gearman sequence diagram: {names}")
+
+
+def _quiet_note(quiet: list[Lane]) -> str:
+    return f"not drawn, no packets during the trace: {', '.join(lane.title for lane in quiet)}"
 
 
 LEGEND = 26  # px below the diagram
@@ -336,4 +352,6 @@ def render_text(trace: Trace, *, start: int = 0, limit: int = MAX_ROWS) -> str:
         lines.append(f"{'':>{TEXT_TIME}}… {lay.skipped_after:,} later events (t.text(start=...) shows them)")
     if not lay.rows:
         lines.append(f"{'':>{TEXT_TIME}}(no packets recorded)")
+    if lay.quiet:
+        lines.append(_quiet_note(lay.quiet))
     return "\n".join(lines)
