@@ -271,7 +271,12 @@ def render_svg(trace: Trace, *, start: int = 0, limit: int = MAX_ROWS) -> str:
 
 
 def _quiet_note(quiet: list[Lane]) -> str:
-    return f"not drawn, no packets during the trace: {', '.join(lane.title for lane in quiet)}"
+    """Names the clients and workers left out; other connections (admin ones) are counted."""
+    named = [lane.title for lane in quiet if lane.role not in ("connection", "admin")]
+    others = len(quiet) - len(named)
+    if others:
+        named.append(f"{others} other connection{'s' if others > 1 else ''}")
+    return f"not drawn, no packets during the trace: {', '.join(named)}"
 
 
 LEGEND = 26  # px below the diagram
