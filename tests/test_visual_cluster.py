@@ -200,7 +200,7 @@ def test_snapshot_draws_itself(server_address):
         snap = snapshot(server_address)
         root = ET.fromstring(snap._repr_svg_())
         classes = [node.get("class") for node in root.iter()]
-        assert classes.count("job") == 3 + 1  # three waiting high jobs, one running
+        assert (classes.count("job high"), classes.count("job running")) == (3, 1)  # three waiting, one running
         assert shown(root, "function") == ["count"]
         assert shown(root, "worker") == ["gated"]
         (row,) = shown(root, "running-job")
@@ -257,3 +257,24 @@ def test_live_view_gives_up_when_the_server_goes(how):
 def test_sources_refuse_what_they_cannot_picture():
     with pytest.raises(TypeError, match="host:port"):
         ClusterView(42)
+
+
+def test_a_stopped_view_keeps_the_picture_of_when_it_stopped(server_address):
+    """The last picture is drawn at stop(), not up to an interval earlier; a function with
+    nothing waiting or running takes one line."""
+    with gearnb.Client(server_address) as client, gearnb.Admin(server_address) as admin:
+        admin.command("create function idle")
+        view = ClusterView(server_address, interval=60)  # one poll now, the next in a minute
+        try:
+            wait_until(lambda: view.draws == 1)
+            assert shown(ET.fromstring(view.picture.value), "function") == ["idle"]
+            handle = client.do_background("count", "late", unique="late")
+        finally:
+            view.stop()
+        assert view.draws == 2 and view.snapshot.job(handle) is not None
+        root = ET.fromstring(view.picture.value)
+        assert shown(root, "function") == ["count", "idle"]
+        rows = [node.get("class") for node in root.iter() if (node.get("class") or "").startswith("job ")]
+        assert rows == ["job normal"]  # the waiting job; the idle function has no rows at all
+        labels = [node.text for node in root.iter(SVG + "text") if node.text in ("high", "normal", "low", "running")]
+        assert labels == ["high", "normal", "low", "running"]  # count's four rows only

@@ -1,7 +1,7 @@
 """Drawing a :class:`~gearnb.visual.cluster.ClusterSnapshot`, once or live.
 
 :func:`render_svg` draws the job server's functions (a row of boxes per priority queue, one
-box per waiting job, and the running jobs), its workers (abilities, the job each runs, or
+box per waiting job, and the running jobs; an idle function takes one line), its workers (abilities, the job each runs, or
 asleep) and the running jobs with their WORK_STATUS progress. :class:`ClusterView` polls a
 source and redraws, adding what happened between polls: the jobs seen starting and
 finishing, in order (a high-priority job overtaking queued normal ones shows there).
@@ -44,12 +44,13 @@ def _job_label(job: JobState) -> str:
 
 
 def _boxes(x: float, y: float, count: int, colour: str, handles: tuple[str, ...] | None, *,
-           filled: bool = True) -> list[str]:
+           row: str, filled: bool = True) -> list[str]:
+    """A box per job of one row (``row``: a priority, or "running": the boxes' class)."""
     parts = []
     for i in range(min(count, MAX_BOXES)):
         title = handles[i] if handles is not None and i < len(handles) else None
         parts.append(svg.rect(x + i * (BOX + 3), y - BOX + 1, BOX, BOX, rx=2, title=title, fill=colour,
-                              fill_opacity=1 if filled else 0.3, stroke=colour, class_="job"))
+                              fill_opacity=1 if filled else 0.3, stroke=colour, class_=f"job {row}"))
     if count > MAX_BOXES:
         parts.append(svg.text(x + MAX_BOXES * (BOX + 3) + 4, y, f"+{count - MAX_BOXES}", size=10,
                               fill=svg.COLOURS["muted"]))
@@ -100,15 +101,17 @@ def render_svg(snap: ClusterSnapshot, *, started: list[JobState] | None = None,
             svg.text(WIDTH - 10, y, f"waiting {sum(f.queued)} · running {f.running} · workers {f.workers}",
                      size=10, anchor="end", fill=c["muted"]),
         ], title=f"{f.name}: total {f.total}"))
+        if not f.total:  # nothing waits or runs: one line, so busy functions stand out
+            continue
         for p, name in enumerate(PRIORITIES):
             y += 16
             parts.append(svg.text(40, y, name, size=10, fill=c[name]))
             handles = f.queue[p] if f.queue is not None else None
-            parts.extend(_boxes(100, y, f.queued[p], c[name], handles))
+            parts.extend(_boxes(100, y, f.queued[p], c[name], handles, row=name))
         y += 16
         parts.append(svg.text(40, y, "running", size=10, fill=c["worker"]))
         handles = tuple(_job_label(j) for j in running_by_function.get(f.name, ())) or None
-        parts.extend(_boxes(100, y, f.running, c["worker"], handles, filled=False))
+        parts.extend(_boxes(100, y, f.running, c["worker"], handles, row="running", filled=False))
 
     # Workers.
     y += 30

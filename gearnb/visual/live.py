@@ -111,6 +111,13 @@ class LiveView:
                 self.stopped_because = f"stopped after {self.duration:g} s (view.start() resumes)"
                 break
             self._stop.wait(self.interval)
+        if self._stop.is_set() and not self.failures:
+            # Stopped by stop(): the picture that stays shows that moment, not one up to an
+            # interval older.
+            try:
+                self.redraw()
+            except Exception as exc:  # noqa: BLE001 - the source may be gone by now
+                log.debug("live view %s: last redraw: %s", self.title, exc)
         self._set_status(self.stopped_because or "stopped")
         if self.on_stop is not None:
             self.on_stop()

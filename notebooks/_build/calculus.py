@@ -367,7 +367,7 @@ wait_for(lambda: client.status(normal[0]).running, what="the first step job star
 high = client.do_background("step", "high", priority="high")
 queued = gearnb.visual.cluster_snapshot(server)  # a still picture of this moment
 assert queued.function("step").queued == (1, 3, 0), queued.function("step")
-time.sleep(0.6)  # a moment for the live picture to show it too
+time.sleep(1.0)  # a moment for the live picture to show it too
 go.set()
 wait_for(lambda: all(not client.status(h).known for h in [*normal, high]), timeout=15, what="the step jobs")
 started = [job.handle for job in view.started if job.function == "step"]
