@@ -11,7 +11,10 @@ Two layers, both against real processes (no mocks):
   rendered panel must be there (no "Loading widget..." / "Error displaying widget") and must
   end at N/N done with a full success bar; a generated notebook with a slower map checks that
   the bar is seen at several partial widths while its cell runs, and a red bar for a failing
-  map. Screenshots are kept in tests/artifacts/ (git-ignored; the paths are printed).
+  map. Screenshots are kept in tests/artifacts/ (git-ignored; the paths are printed);
+* JupyterLab - notebooks/02-calculus.ipynb run the same way in JupyterLab (same server,
+  ``/lab``): its packet traces must be drawn as sequence diagrams and its live picture of the
+  job server as a widget, and are photographed (tests/artifacts/calculus-lab*.png).
 
 Each layer runs on both ipykernel major versions: the one the notebook extra installed runs
 from this interpreter, the other from a venv built here that sees this interpreter's
