@@ -8,7 +8,6 @@ import atexit
 import contextlib
 import ctypes
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +21,21 @@ from gearnb.protocol import RES, Decoder, PacketType, request
 
 HERE = Path(__file__).resolve().parent
 P = PacketType
-GEARMAND = shutil.which("gearmand") or "/usr/sbin/gearmand"
+
+
+def _c_gearmand() -> str:
+    """The C gearmand (Debian gearman-job-server), not the Perl Gearman::Server's script that
+    Debian's gearman-server installs under the same name (as tests/peers.py find_gearmand)."""
+    for directory in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/sbin"]:
+        path = os.path.join(directory or ".", "gearmand")
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            with open(path, "rb") as binary:
+                if binary.read(2) != b"#!":
+                    return path
+    return "/usr/sbin/gearmand"
+
+
+GEARMAND = _c_gearmand()
 
 
 class BenchError(RuntimeError):

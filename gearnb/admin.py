@@ -87,9 +87,13 @@ class Admin:
         self._connect().sendall(text.encode() + b"\r\n")
         line = self._line().decode(errors="replace")
         if line.startswith("ERR "):
-            _, code, *rest = line.split(" ", 2)
-            raise ServerError(code, rest[0].replace("+", " ") if rest else "", self.server)
+            raise self._error(line, text)
         return line
+
+    def _error(self, line: str, request: str) -> ServerError:
+        """The ServerError of an ``ERR CODE url+encoded+text`` answer to ``request``."""
+        _, code, *rest = line.split(" ", 2)
+        return ServerError(code, rest[0].replace("+", " ") if rest else "", self.server, request=request)
 
     def list_command(self, text: str) -> list[str]:
         """Send a command whose answer is lines ending with ``.``."""
@@ -101,7 +105,7 @@ class Admin:
                 return lines
             if not lines and line.startswith("ERR "):
                 _, code, *rest = line.split(" ", 2)
-                raise ServerError(code, rest[0].replace("+", " ") if rest else "", self.server)
+                raise ServerError(code, rest[0].replace("+", " ") if rest else "", self.server, request=text)
             lines.append(line)
 
     def status(self) -> list[FunctionStatus]:
@@ -145,15 +149,20 @@ class Admin:
         return int(self.command("getpid").split()[-1])
 
     def cancel(self, handle: str | bytes) -> bool:
-        """Cancel a queued job; False if the server does not know it (ERR UNKNOWN_JOB)."""
-        if isinstance(handle, bytes):
-            handle = handle.decode()
-        try:
-            return self.command(f"cancel job {handle}") == "OK"
-        except ServerError as exc:
-            if exc.code == "UNKNOWN_JOB":
-                return False
-            raise
+        """Cancel a queued job; False if the server does not have it queued (ERR UNKNOWN_JOB:
+        running, ended, or never known). Raises ServerError where the server has no ``cancel job``."""
+        return self.cancel_many([handle.encode() if isinstance(handle, str) else handle])[0]
+
+    def cancel_many(self, handles: list[bytes]) -> list[bool]:
+        """:meth:`cancel` for many handles, the commands sent together (one round trip)."""
+        if not handles:
+            return []
+        self._connect().sendall(b"".join(b"cancel job " + bytes(h) + b"\r\n" for h in handles))
+        answers = [self._line().decode(errors="replace") for _ in handles]
+        for answer in answers:
+            if answer.startswith("ERR ") and not answer.startswith("ERR UNKNOWN_JOB"):
+                raise self._error(answer, "cancel job")
+        return [answer == "OK" for answer in answers]
 
     def maxqueue(self, function: str, *sizes: int) -> None:
         """``maxqueue F N`` (all priorities) or ``maxqueue F HIGH NORMAL LOW``."""

@@ -103,9 +103,9 @@ def as_completed(futures: Iterable[concurrent.futures.Future], timeout: float | 
     pending = set(futures)
     tracker.submitted(len(pending))
     for future in futures:
-        task = getattr(future, "task", None)
-        if task is not None:
-            task.on_status(lambda n, d, t=task: tracker.status(t, n, d))
+        run = getattr(future, "run", None)
+        if run is not None:
+            run.progress = tracker  # its job's WORK_STATUS (gearnb.report) drives a task bar
     try:
         while pending:
             wait_for = PROGRESS_POLL if deadline is None else min(PROGRESS_POLL, deadline - time.monotonic())
@@ -114,7 +114,8 @@ def as_completed(futures: Iterable[concurrent.futures.Future], timeout: float | 
             done, pending = concurrent.futures.wait(pending, wait_for, concurrent.futures.FIRST_COMPLETED)
             for future in done:
                 failed = not future.cancelled() and future.exception() is not None
-                tracker.finished(1, int(failed), getattr(future, "task", None))
+                run = getattr(future, "run", None)
+                tracker.finished(1, int(failed), run.job if run is not None else None)
             tracker.tick(force=bool(done))
             yield from done
     finally:

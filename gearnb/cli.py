@@ -12,7 +12,7 @@ from .protocol import DEFAULT_MAX_PACKET_SIZE
 
 
 def _server(args: argparse.Namespace) -> int:
-    from .cluster import die_with_parent
+    from .supervisor import die_with_parent
     from .server import serve
 
     die_with_parent()
@@ -20,7 +20,7 @@ def _server(args: argparse.Namespace) -> int:
 
     serve(args.host, args.port, max_packet_size=args.max_packet_size, job_retries=args.job_retries,
           handle_prefix=args.job_handle_prefix, exceptions_default=args.exceptions,
-          queue=open_queue(args.queue), ssl=_server_tls(args))
+          queue=open_queue(args.queue), ssl=_server_tls(args), can_do_timeout_seconds=args.can_do_timeout_seconds)
     return 0
 
 
@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail a job after its worker died this many times (0: retry forever, as gearmand)")
     p.add_argument("--job-handle-prefix", default=None, help="job handles start with this (default H:<host>)")
     p.add_argument("--exceptions", action="store_true", help="send WORK_EXCEPTION to every client")
+    p.add_argument("--can-do-timeout-seconds", action="store_true",
+                   help="read CAN_DO_TIMEOUT in seconds, as Perl workers send it (default: milliseconds, as gearmand)")
     p.add_argument("--queue", default=None, metavar="sqlite:PATH",
                    help="keep background jobs in this SQLite file (gearmand's libsqlite3 layout)")
     p.add_argument("--ssl-cert", default=None, help="serve TLS with this certificate (PEM)")

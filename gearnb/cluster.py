@@ -8,11 +8,9 @@ killed - because each child asks the kernel for a signal when its parent dies.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import logging
 import os
-import signal
-import subprocess
+import socket
 import sys
 import threading
 import time
@@ -22,33 +20,16 @@ from .admin import Admin
 from .executor import Executor
 from .pyexec.keys import KEY_ENV, new_key
 from .pyexec.runner import PYEXEC
+from .supervisor import PARENT_ENV, Supervisor
 
 log = logging.getLogger("gearnb.cluster")
 
-PARENT_ENV = "GEARNB_DIE_WITH_PARENT"
 START_TIMEOUT = 60.0  # seconds for the server and every worker to come up
 MONITOR_INTERVAL = 0.2
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
-def die_with_parent() -> None:
-    """In a child started by a LocalCluster: exit when the parent process goes away."""
-    parent = os.environ.get(PARENT_ENV)
-    if not parent:
-        return
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        except (OSError, AttributeError):  # pragma: no cover - not glibc
-            pass
-    if os.getppid() != int(parent):  # the parent died before prctl took effect
-        os._exit(0)
+SERVER = "server"  # the job server's slot in the supervisor; workers are "worker N"
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -58,7 +39,7 @@ class LocalCluster:
     """A job server process and ``workers`` worker processes, looked after by one thread.
 
     Every child is started from that thread (the parent-death signal is tied to the thread
-    that forks), and a worker that dies is started again.
+    that forks), and a child that dies is started again (:class:`~gearnb.supervisor.Supervisor`).
     """
 
     def __init__(self, workers: int | None = None, *, port: int = 0, imports: tuple[str, ...] = ()) -> None:
@@ -67,13 +48,20 @@ class LocalCluster:
         self.imports = imports
         self.key = new_key()
         self.address = f"127.0.0.1:{self.port}"
-        self.server: subprocess.Popen[bytes] | None = None
-        self.workers: list[subprocess.Popen[bytes]] = []
+        self.supervisor = Supervisor("local")
         self._closing = threading.Event()
         self._started = threading.Event()
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
-        self.restarts = 0
+
+    @property
+    def server(self) -> Any:
+        """The job server's process (a ``subprocess.Popen``)."""
+        return self.supervisor.proc(SERVER)
+
+    @property
+    def restarts(self) -> int:
+        return self.supervisor.restarts
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> LocalCluster:
@@ -91,35 +79,24 @@ class LocalCluster:
         atexit.register(self.close)
         return self
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, worker: bool) -> dict[str, str]:
         env = dict(os.environ)
         env[PARENT_ENV] = str(os.getpid())
-        env[KEY_ENV] = self.key.hex()
-        env["GEARNB_WORKER_CHILD"] = "1"
-        # Notebook-defined modules next to the notebook import in workers too.
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))
+        env.pop(KEY_ENV, None)
+        if worker:
+            env[KEY_ENV] = self.key.hex()  # the job server never needs the key
+            env["GEARNB_WORKER_CHILD"] = "1"
+            # Notebook-defined modules next to the notebook import in workers too.
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))
         return env
-
-    def _spawn_worker(self, env: dict[str, str], index: int) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "gearnb", "worker", "--servers", self.address,
-               "--client-id", f"local-{index}"]
-        for module in self.imports:
-            cmd += ["--import", module]
-        return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
-
-    def _spawn_server(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gearnb", "server", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=env, stdin=subprocess.DEVNULL)
 
     def _wait_listening(self) -> None:
         """Workers start once the server listens, so they do not log refused connections."""
-        import socket
-
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            if self.server is not None and self.server.poll() is not None:
-                raise RuntimeError(f"the local job server could not start (exit code {self.server.returncode}); "
+            server = self.server
+            if server is not None and server.poll() is not None:
+                raise RuntimeError(f"the local job server could not start (exit code {server.returncode}); "
                                    f"is port {self.port} free?")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
@@ -129,25 +106,24 @@ class LocalCluster:
         raise TimeoutError(f"the local job server did not listen within {START_TIMEOUT:g} s")
 
     def _run(self) -> None:
-        env = self._env()
+        supervisor = self.supervisor
         try:
-            self.server = self._spawn_server(env)
+            supervisor.start(SERVER, [sys.executable, "-m", "gearnb", "server", "--host", "127.0.0.1",
+                                      "--port", str(self.port)], self._env(worker=False))
             self._wait_listening()
-            self.workers = [self._spawn_worker(env, i) for i in range(self.n_workers)]
+            env = self._env(worker=True)
+            for i in range(self.n_workers):
+                argv = [sys.executable, "-m", "gearnb", "worker", "--servers", self.address, "--client-id", f"local-{i}"]
+                for module in self.imports:
+                    argv += ["--import", module]
+                supervisor.start(f"worker {i}", argv, env)
         except BaseException as exc:  # noqa: BLE001 - handed to start()
             self._error = exc
         self._started.set()
         while not self._closing.wait(MONITOR_INTERVAL):
-            if self.server is not None and self.server.poll() is not None:
-                log.error("the local job server exited with %s; starting it again", self.server.returncode)
-                self.server = self._spawn_server(env)
-            for i, proc in enumerate(self.workers):
-                if proc.poll() is not None and not self._closing.is_set():
-                    log.warning("local worker %d (pid %d) exited with %s; starting another",
-                                i, proc.pid, proc.returncode)
-                    self.workers[i] = self._spawn_worker(env, i)
-                    self.restarts += 1
-        self._stop_children()
+            supervisor.poll()
+        supervisor.stop(names=[n for n in supervisor.children if n != SERVER])
+        supervisor.stop(names=[SERVER])
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -159,34 +135,15 @@ class LocalCluster:
                         return
             except OSError as exc:
                 last = exc
-            if self.server is not None and self.server.poll() is not None:
-                raise RuntimeError(f"the local job server could not start (exit code {self.server.returncode}); "
+            server = self.server
+            if server is not None and server.poll() is not None:
+                raise RuntimeError(f"the local job server could not start (exit code {server.returncode}); "
                                    f"is port {self.port} free?")
             time.sleep(0.05)
         raise TimeoutError(f"the local cluster did not start within {START_TIMEOUT:g} s ({last})")
 
     def worker_pids(self) -> list[int]:
-        return [p.pid for p in self.workers if p.poll() is None]
-
-    def _stop_children(self) -> None:
-        procs = [p for p in self.workers if p is not None]
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + 10
-        for proc in procs:
-            try:
-                proc.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if self.server is not None and self.server.poll() is None:
-            self.server.terminate()
-            try:
-                self.server.wait(10)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait()
+        return self.supervisor.pids("worker ")
 
     def close(self) -> None:
         if self._closing.is_set():
@@ -195,7 +152,7 @@ class LocalCluster:
         if self._thread is not None and self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(30)
         else:
-            self._stop_children()
+            self.supervisor.stop()
         try:
             atexit.unregister(self.close)
         except Exception:  # pragma: no cover

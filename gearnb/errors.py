@@ -2,7 +2,39 @@
 
 from __future__ import annotations
 
+import re
+
 from .protocol import ProtocolError
+
+# What the Perl Gearman::Server (Debian gearman-server 1.130) lacks, by the request it refuses.
+# It answers a packet type it has no handler for with ERROR server_error "Can't locate object
+# method "CMD_<name>" via package "Gearman::Server::Client"" (<name> empty for a type number
+# it does not know at all), and an admin command it lacks with "ERR unknown_command".
+PERL_SERVER_LACKS = {
+    "SUBMIT_JOB_LOW": "low priority",
+    "SUBMIT_JOB_HIGH_BG": "high priority background jobs",
+    "SUBMIT_JOB_LOW_BG": "low priority background jobs",
+    "SUBMIT_JOB_EPOCH": "jobs run at a set time, when=",
+    "SUBMIT_JOB_SCHED": "scheduled jobs",
+    "GRAB_JOB_UNIQ": "GRAB_JOB_UNIQ (gearnb workers fall back to GRAB_JOB)",
+    "GET_STATUS_UNIQUE": "job status by unique id",
+    "WORK_DATA": "partial results (WORK_DATA)",
+    "WORK_WARNING": "warnings from workers (WORK_WARNING)",
+}
+PERL_ADMIN_COMMANDS = "workers, status, jobs, clients, maxqueue, shutdown and version"
+_PERL_NO_METHOD = re.compile(r'Can\'t locate object method "CMD_(\w*)" via package "Gearman::Server')
+
+
+def perl_server_lacks(text: str) -> str | None:
+    """For the text of the Perl server's ERROR about a packet type it has no handler for, that
+    packet's name in its own spelling (``"submit_job_low"``), or ``""`` for a type number it
+    does not know at all (such as GRAB_JOB_UNIQ's 30). None for any other text."""
+    match = _PERL_NO_METHOD.search(text)
+    return None if match is None else match.group(1)
+
+
+# Admin commands whose name is two words ("cancel job H:x:1" is the command "cancel job").
+_TWO_WORD_COMMANDS = ("cancel", "show", "create", "drop")
 
 
 class GearmanError(Exception):
@@ -30,13 +62,44 @@ class WorkException(GearmanError):
 
 
 class ServerError(GearmanError):
-    """The job server answered ERROR (``code`` is gearmand's code string, e.g. QUEUE_ERROR)."""
+    """The job server answered ERROR (``code`` is gearmand's code string, e.g. QUEUE_ERROR).
 
-    def __init__(self, code: str, text: str, server: str = "") -> None:
-        super().__init__(f"{server + ': ' if server else ''}{code}: {text}")
+    ``request``: what it answers, when the caller knows (a packet type name such as
+    ``SUBMIT_JOB_LOW``, or an admin command line). Where the server lacks a feature, the
+    message says so and names the feature; ``code`` and ``text`` stay as the server sent them.
+    """
+
+    def __init__(self, code: str, text: str, server: str = "", request: str | None = None) -> None:
+        super().__init__(f"{server + ': ' if server else ''}{_describe(code, text, request)}")
         self.code = code
         self.text = text
         self.server = server
+        self.request = request
+
+
+def _describe(code: str, text: str, request: str | None) -> str:
+    """The message of a ServerError: the server's words, or the feature it lacks."""
+    lacks = perl_server_lacks(text)
+    if lacks is not None:
+        # The packet's own name when the server knew its number, else the caller's word.
+        name = lacks.upper() or request
+        if not name:
+            return ("the job server does not know this request's packet type (the Perl "
+                    "Gearman::Server has no packet types 30, 31 or 35 and up, among them "
+                    "GRAB_JOB_UNIQ, SUBMIT_JOB_EPOCH and GET_STATUS_UNIQUE); use gearmand or "
+                    "the gearnb server for it")
+        return (f"the job server does not support {name} (the Perl Gearman::Server lacks "
+                f"{PERL_SERVER_LACKS.get(name, name)}); "
+                f"do without it there, or use gearmand or the gearnb server")
+    if code.upper() == "UNKNOWN_COMMAND" and request:
+        words = request.split()
+        command = " ".join(words[:2] if words[0].lower() in _TWO_WORD_COMMANDS else words[:1])
+        if code == "unknown_command":  # the Perl server's spelling (gearmand's is upper case)
+            return (f"the job server does not know the admin command '{command}' (the Perl "
+                    f"Gearman::Server's admin protocol has only {PERL_ADMIN_COMMANDS}); "
+                    f"use gearmand or the gearnb server for it")
+        return f"the job server does not know the admin command '{command}': {code} {text}".rstrip()
+    return f"{code}: {text}"
 
 
 class NoJobServers(GearmanError, ConnectionError):

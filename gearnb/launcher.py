@@ -6,20 +6,17 @@ import importlib
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from typing import Sequence
 
 from .addresses import parse_servers
+from .supervisor import Supervisor
 from .worker import Worker
 
 log = logging.getLogger("gearnb.launcher")
 
-# A child that dies within this many seconds of starting is restarted only after a pause,
-# so a worker that crashes at import does not spin.
-QUICK_DEATH = 2.0
-RESTART_PAUSE = 1.0
+POLL = 0.2  # seconds between looks at the children
 
 
 NOTHING_TO_SERVE = (
@@ -46,8 +43,8 @@ def run_one(servers: str | None, modules: Sequence[str], client_id: str | None,
             key_file: str | None = None, job_timeout: float | None = None,
             exception_packets: bool = True) -> int:
     """One worker in this process: pyexec (when a cluster key is set) plus imported functions."""
-    from .cluster import die_with_parent
     from .pyexec import PYEXEC, PyexecRunner, load_key
+    from .supervisor import die_with_parent
 
     die_with_parent()
     worker = Worker(servers, client_id=client_id, exception_packets=exception_packets)
@@ -75,21 +72,21 @@ def run_workers(servers: str | None, processes: int, imports: Sequence[str] = ()
     if os.environ.get("GEARNB_WORKER_CHILD") == "1":
         return run_one(servers, imports, client_id, key_file, job_timeout, exception_packets)
     spec = ",".join(parse_servers(servers))
-    cmd = [sys.executable, "-m", "gearnb", "worker", "--servers", spec]
+    argv = [sys.executable, "-m", "gearnb", "worker", "--servers", spec]
     for module in imports:
-        cmd += ["--import", module]
+        argv += ["--import", module]
     if client_id:
-        cmd += ["--client-id", client_id]
+        argv += ["--client-id", client_id]
     if key_file:
-        cmd += ["--key-file", key_file]
+        argv += ["--key-file", key_file]
     if job_timeout:
-        cmd += ["--job-timeout", str(job_timeout)]
+        argv += ["--job-timeout", str(job_timeout)]
     if not exception_packets:
-        cmd += ["--no-exception-packets"]
+        argv += ["--no-exception-packets"]
     env = dict(os.environ, GEARNB_WORKER_CHILD="1")
     # Imported modules may live in the current directory, as with "python -m".
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))
-    children: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
+    supervisor = Supervisor("worker process")
     stopping = False
 
     def stop(*_: object) -> None:
@@ -97,32 +94,16 @@ def run_workers(servers: str | None, processes: int, imports: Sequence[str] = ()
         stopping = True
 
     previous = [signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)]
-
-    def start(slot: int) -> None:
-        children[slot] = (subprocess.Popen(cmd, env=env), time.monotonic())
-
     try:
         for slot in range(processes):
-            start(slot)
+            supervisor.start(str(slot), argv, env)
         log.info("started %d worker processes for %s", processes, spec)
         while not stopping:
-            time.sleep(0.2)
-            for slot, (proc, started) in list(children.items()):
-                if proc.poll() is not None and not stopping:
-                    log.warning("worker process %d exited with %s; restarting it", proc.pid, proc.returncode)
-                    if time.monotonic() - started < QUICK_DEATH:
-                        time.sleep(RESTART_PAUSE)
-                    start(slot)
+            time.sleep(POLL)
+            if not stopping:
+                supervisor.poll()
     finally:
-        for proc, _ in children.values():
-            if proc.poll() is None:
-                proc.terminate()  # the worker finishes its current job, then exits
-        deadline = time.monotonic() + 30
-        for proc, _ in children.values():
-            try:
-                proc.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        supervisor.stop()  # each worker finishes its current job, then exits
         for sig, handler in zip((signal.SIGTERM, signal.SIGINT), previous):
             signal.signal(sig, handler)
     return 0

@@ -3,11 +3,22 @@
 A plain blocking loop over ordinary sockets (one per job server), using the sans-IO codec:
 workers run user code that blocks anyway, and a blocking loop with the next GRAB_JOB_UNIQ
 written together with each result costs one send and one receive per job.
+
+The order of calls: ``register()`` the functions; ``work()`` connects and announces them
+(RESET_ABILITIES, SET_CLIENT_ID, CAN_DO / CAN_DO_TIMEOUT), then per server sends a grab and
+reads its answer: a job (run it, send its outcome with the next grab), NO_JOB (next server,
+or PRE_SLEEP everywhere and wait for a NOOP) or ERROR. A server that answers GRAB_JOB_UNIQ
+with ERROR (the Perl Gearman::Server has no packet type 30) is sent GRAB_JOB from then on,
+across reconnects; ERRORs that answer earlier packets (a result for a job taken back) are
+logged and skipped. ``stop()`` (also SIGTERM, Ctrl-C) shuts the
+read side of every socket, so a worker blocked in recv wakes at once, while a job that is
+running can still send its result.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import selectors
 import signal
@@ -19,7 +30,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from .errors import JobFailed, WorkException
+from .errors import JobFailed, WorkException, perl_server_lacks
 from .protocol import REQ, RES, Decoder, PacketType, ProtocolError, request
 from .protocol.codec import BufferList, encode_gathered, encode_parts
 from .protocol.packets import DEFAULT_MAX_PACKET_SIZE, Packet
@@ -39,6 +50,12 @@ RECV_SIZE = 256 * 1024
 # Plain ints for the per-job path: reading a PacketType member (P.X) costs ~0.2 us, as the enum
 # metaclass routes class attribute access through Python code.
 _NOOP, _ERROR, _NO_JOB = int(P.NOOP), int(P.ERROR), int(P.NO_JOB)
+GRAB_UNIQ = request(P.GRAB_JOB_UNIQ)
+GRAB_PLAIN = request(P.GRAB_JOB)
+# ERROR codes that answer a WORK_* packet for a job this worker no longer holds (the server
+# took it back: CAN_DO_TIMEOUT), not the grab sent after it: gearmand's and gearnb's
+# JOB_NOT_FOUND, the Perl Gearman::Server's not_worker.
+_JOB_ERRORS = frozenset((b"JOB_NOT_FOUND", b"not_worker"))
 _JOB_ASSIGN_UNIQ, _JOB_ASSIGN_ALL = int(P.JOB_ASSIGN_UNIQ), int(P.JOB_ASSIGN_ALL)
 _ASSIGN_TYPES = frozenset((P.JOB_ASSIGN_UNIQ, P.JOB_ASSIGN, P.JOB_ASSIGN_ALL))
 _WORK_COMPLETE = int(P.WORK_COMPLETE)
@@ -65,12 +82,12 @@ class Job:
                                 str(int(denominator)).encode()))
 
     def send_data(self, data: bytes | str) -> None:
-        """WORK_DATA: a partial result for the client."""
-        self._conn.send(request(P.WORK_DATA, self.handle, _to_bytes(data)))
+        """WORK_DATA: a partial result for the client (dropped where the server lacks it)."""
+        self._conn.send_update(P.WORK_DATA, self.handle, _to_bytes(data))
 
     def send_warning(self, data: bytes | str) -> None:
-        """WORK_WARNING: a warning for the client."""
-        self._conn.send(request(P.WORK_WARNING, self.handle, _to_bytes(data)))
+        """WORK_WARNING: a warning for the client (dropped where the server lacks it)."""
+        self._conn.send_update(P.WORK_WARNING, self.handle, _to_bytes(data))
 
     def __repr__(self) -> str:
         return f"<Job {self.function} {self.handle!r}>"
@@ -120,6 +137,15 @@ class _ServerConn:
         self.failures = 0
         self.retry_at = 0.0
         self.sleeping = False
+        # What this server is asked for work with, and whether it is the Perl Gearman::Server
+        # (CAN_DO_TIMEOUT in seconds; no WORK_DATA or WORK_WARNING; a WORK_EXCEPTION does not
+        # end a job there). Learnt from its answer to the first GRAB_JOB_UNIQ; kept across
+        # reconnects.
+        self.grab = GRAB_UNIQ
+        self.perl_server = False
+        self._dropped_updates = False  # WORK_DATA / WORK_WARNING dropped: said once
+        # Set by stop_reading(): the EOF that follows is ours, not the server's.
+        self.reading_stopped = False
         self.lock = threading.Lock()  # job.send_* may be called from the job's own threads
         # Called with the socket before it is closed: the Worker's selector forgets it first.
         # (epoll keeps a closed socket while a forked child holds a copy of it; the DEL sent
@@ -149,11 +175,15 @@ class _ServerConn:
         self.packets = []
         self.failures = 0
         self.sleeping = False
+        self.reading_stopped = False
         return True
 
     def drop(self, why: str) -> None:
         if self.sock is not None:
-            log.warning("lost job server %s: %s", self.address, why)
+            if self.reading_stopped:
+                log.debug("closing the connection to job server %s (stopping)", self.address)
+            else:
+                log.warning("lost job server %s: %s", self.address, why)
             if self.on_close is not None:
                 self.on_close(self.sock)
             try:
@@ -164,6 +194,21 @@ class _ServerConn:
         self.failures += 1
         self.retry_at = time.monotonic() + BACKOFF_FIRST
 
+    def stop_reading(self) -> None:
+        """Shut the read side of the socket: a recv blocked in another thread (or in this one,
+        interrupted by a signal whose handler calls this) returns EOF at once. Sending still
+        works, so a job that is running can report its outcome. Safe from any thread."""
+        sock = self.sock
+        if sock is None:
+            return
+        self.reading_stopped = True
+        try:
+            # socket.socket's own shutdown, also for TLS: SSLSocket.shutdown would drop the
+            # TLS state, and a result sent afterwards would leave unencrypted.
+            socket.socket.shutdown(sock, socket.SHUT_RD)
+        except OSError:
+            pass  # closed or not connected: nothing waits on it
+
     def send(self, data: bytes) -> None:
         sock = self.sock
         if sock is None:
@@ -173,6 +218,17 @@ class _ServerConn:
                 sock.sendall(data)
             except BlockingIOError:  # SO_SNDTIMEO expired (see _set_reply_timeout)
                 raise TimeoutError("timed out") from None
+
+    def send_update(self, ptype: int, handle: bytes, data: bytes) -> None:
+        """WORK_DATA or WORK_WARNING, unless the server lacks them (it would answer ERROR)."""
+        if self.perl_server:
+            if not self._dropped_updates:
+                self._dropped_updates = True
+                log.warning("job server %s (the Perl Gearman::Server) has no WORK_DATA or WORK_WARNING: "
+                            "partial results and warnings of jobs (pyexec: print() output) are dropped there",
+                            self.address)
+            return
+        self.send(request(ptype, handle, data))
 
     def send_parts(self, parts: list[bytes]) -> None:
         """Send the parts of one packet one after the other (a large one is not joined first)."""
@@ -204,18 +260,32 @@ class _ServerConn:
             self.packets.extend(self.decoder.feed(self._recv_buffer[:size]))  # type: ignore[arg-type]
 
     def next_reply(self) -> Packet:
-        """The next packet that is not a NOOP (stray NOOPs are ignored, as in Perl/Ruby)."""
+        """The answer to the grab sent last: JOB_ASSIGN*, NO_JOB or an ERROR.
+
+        Skipped on the way: NOOPs (a wake-up that crossed the grab; Perl and Ruby do the same)
+        and ERRORs that answer a packet sent before the grab (see _answers_earlier_packet).
+        Any other ERROR is the grab's own answer, returned at once.
+        """
         while True:
             while self.packets:
                 packet = self.packets.pop(0)
                 if packet.type == _NOOP:
                     continue
-                if packet.type == _ERROR:
-                    log.warning("job server %s: ERROR %s %s", self.address,
-                                packet.args[0].decode(errors="replace"), packet.args[1].decode(errors="replace"))
+                if packet.type == _ERROR and _answers_earlier_packet(packet):
+                    log.warning("job server %s: ERROR %s %s", self.address, packet.args[0].decode(errors="replace"),
+                                packet.args[1].decode(errors="replace").strip())
                     continue
                 return packet
             self.read_packets()
+
+
+def _answers_earlier_packet(error: Packet) -> bool:
+    """Whether an ERROR answers a packet sent before the grab rather than the grab: a WORK_*
+    packet for a job the server took back (JOB_NOT_FOUND, not_worker), or a packet type the
+    Perl server names as one it lacks ("CMD_work_data"; for GRAB_JOB_UNIQ, a type number it
+    does not know, it names none)."""
+    code, text = error.args
+    return code in _JOB_ERRORS or bool(perl_server_lacks(text.decode(errors="replace")))
 
 
 class Worker:
@@ -276,14 +346,18 @@ class Worker:
             return fn
         return decorate
 
-    def _hello(self) -> bytes:
-        """What a (re)connected server is told: our id and every function we can do."""
+    def _hello(self, perl_server: bool = False) -> bytes:
+        """What a (re)connected server is told: our id and every function we can do.
+
+        CAN_DO_TIMEOUT is in milliseconds for gearmand and gearnb, in whole seconds for the
+        Perl Gearman::Server (at least 1: it fails a job at once on a timeout of 0)."""
         out = [request(P.RESET_ABILITIES)]
         if self.client_id:
             out.append(request(P.SET_CLIENT_ID, self.client_id.encode()))
         for name, (_, timeout) in self.functions.items():
             if timeout:
-                out.append(request(P.CAN_DO_TIMEOUT, name, str(int(timeout * 1000)).encode()))
+                amount = max(math.ceil(timeout), 1) if perl_server else int(timeout * 1000)
+                out.append(request(P.CAN_DO_TIMEOUT, name, str(amount).encode()))
             else:
                 out.append(request(P.CAN_DO, name))
         return b"".join(out)
@@ -291,7 +365,7 @@ class Worker:
     # -- running ------------------------------------------------------------------------
     def stop(self) -> None:
         """Ask :meth:`work` to return after the current job (safe from any thread, and from
-        signal handlers)."""
+        signal handlers). A worker waiting for a server's reply or asleep returns at once."""
         self._stopping = True
         wake = self._wake_w
         if wake is not None:
@@ -299,6 +373,10 @@ class Worker:
                 wake.send(b"x")
             except OSError:  # full (it is non-blocking: many signals), or work() has just closed it
                 pass
+        # After the flag: a socket that work() connects later is seen by its next flag check.
+        # Nothing is added to the per-job path, and it works from any thread.
+        for conn in self._conns:
+            conn.stop_reading()
 
     def work(self, max_jobs: int | None = None) -> None:
         """Grab and run jobs until :meth:`stop`, SIGTERM, Ctrl-C or ``max_jobs`` done.
@@ -355,27 +433,24 @@ class Worker:
             for conn in self._conns:
                 if conn.sock is not None:
                     try:
-                        conn.send(self._hello())
+                        conn.send(self._hello(conn.perl_server))
                     except OSError as exc:
                         conn.drop(str(exc))
-        hello = None
         live = []
         for conn in self._conns:
             if conn.sock is None and conn.retry_at <= now:
-                hello = hello or self._hello()
-                conn.connect(hello)
+                conn.connect(self._hello(conn.perl_server))
             if conn.sock is not None:
                 live.append(conn)
         return live
 
     def _loop(self, max_jobs: int | None) -> None:
-        grab = request(P.GRAB_JOB_UNIQ)
         while not self._stopping:
             live = self._ensure_connected()
             did_work = False
             for conn in live:
                 # With one server, keep taking jobs while it has them.
-                pending = grab
+                pending = conn.grab
                 while not self._stopping:
                     try:
                         conn.send(pending)
@@ -385,6 +460,11 @@ class Worker:
                         break
                     if reply.type == _NO_JOB:
                         break
+                    if reply.type == _ERROR:
+                        if not self._grab_refused(conn, reply):
+                            break
+                        pending = conn.grab
+                        continue
                     if reply.type not in _ASSIGN_TYPES:
                         log.warning("unexpected %r from %s", reply, conn.address)
                         break
@@ -410,10 +490,32 @@ class Worker:
                             conn.drop(str(exc))
                         break
                     # One server: the result and the next grab leave in one write.
-                    pending = result + grab
+                    pending = result + conn.grab
             if did_work or self._stopping:
                 continue
             self._sleep(live)
+
+    def _grab_refused(self, conn: _ServerConn, error: Packet) -> bool:
+        """The server answered our grab with ERROR. True: ask again (with GRAB_JOB now)."""
+        code, text = (arg.decode(errors="replace") for arg in error.args)
+        if conn.grab is GRAB_PLAIN:
+            log.error("job server %s refused GRAB_JOB: %s %s; asking again after the next wake-up",
+                      conn.address, code, text.strip())
+            return False
+        # A server without GRAB_JOB_UNIQ (the Perl Gearman::Server): jobs come as JOB_ASSIGN,
+        # without their unique id, which no function here needs.
+        log.info("job server %s does not support GRAB_JOB_UNIQ (%s: %s); asking it with GRAB_JOB",
+                 conn.address, code, text.strip())
+        conn.grab = GRAB_PLAIN
+        if perl_server_lacks(text) is not None:
+            conn.perl_server = True
+            if any(timeout for _, timeout in self.functions.values()):
+                try:  # announce the CAN_DO_TIMEOUTs again, in the seconds it reads
+                    conn.send(self._hello(True))
+                except OSError as exc:
+                    conn.drop(str(exc))
+                    return False
+        return True
 
     def _sleep(self, live: list[_ServerConn]) -> None:
         """PRE_SLEEP everywhere, then wait for a NOOP (or a server to retry, or stop())."""
@@ -480,15 +582,24 @@ class Worker:
             parts = encode_parts(REQ, _WORK_COMPLETE, handle, _to_bytes(result))
             return parts[0] if len(parts) == 1 else parts  # large: header, then the data uncopied
         except WorkException as exc:
-            return request(P.WORK_EXCEPTION, handle, exc.data)
+            return self._exception(conn, handle, exc.data)
         except JobFailed:
             return request(P.WORK_FAIL, handle)
         except Exception as exc:  # noqa: BLE001 - reported to the client
             log.info("job %s %r raised %s", job.function, handle, type(exc).__name__)
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).encode(errors="replace")
             if self.exception_packets:
-                return request(P.WORK_EXCEPTION, handle, text)
+                return self._exception(conn, handle, text)
+            if conn.perl_server:  # it has no WORK_WARNING
+                return request(P.WORK_FAIL, handle)
             return request(P.WORK_WARNING, handle, text) + request(P.WORK_FAIL, handle)
+
+    @staticmethod
+    def _exception(conn: _ServerConn, handle: bytes, data: bytes) -> bytes:
+        """WORK_EXCEPTION; on the Perl server followed by WORK_FAIL, which ends the job there
+        (it only passes a WORK_EXCEPTION on, as Perl's Gearman::Worker sends both)."""
+        packet = request(P.WORK_EXCEPTION, handle, data)
+        return packet + request(P.WORK_FAIL, handle) if conn.perl_server else packet
 
     def __repr__(self) -> str:
         names = ", ".join(n.decode() for n in self.functions)

@@ -1,13 +1,13 @@
-"""Real peers for the tests: the gearnb server, gearmand and the libgearman tools.
+"""Real peers for the tests: the gearnb server, gearmand, the Perl job server and the libgearman tools.
 
 Nothing here is a mock: gearmand and the ``gearman`` / ``gearadmin`` binaries come from
-Debian's gearman-job-server and gearman-tools packages (tests/run.sh installs them).
+Debian's gearman-job-server and gearman-tools packages, the Perl Gearman::Server from
+gearman-server (tests/run.sh installs them).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,14 +23,36 @@ import gearnb
 from gearnb.server import Server
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-GEARMAND = shutil.which("gearmand") or ("/usr/sbin/gearmand" if os.path.exists("/usr/sbin/gearmand") else None)
+
+
+def find_gearmand(perl: bool = False) -> str | None:
+    """The C gearmand (Debian gearman-job-server: /usr/sbin/gearmand) or, with ``perl``, the
+    Perl Gearman::Server's (Debian gearman-server: /usr/bin/gearmand), whatever order PATH
+    lists them in: both are called gearmand, and the Perl one is a script ("#!/usr/bin/perl")."""
+    for directory in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/sbin", "/usr/bin"]:
+        path = os.path.join(directory or ".", "gearmand")
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            continue
+        with open(path, "rb") as binary:
+            first_line = binary.readline(200)
+        if first_line.startswith(b"#!") and b"perl" in first_line:
+            if perl:
+                return path
+        elif not perl and not first_line.startswith(b"#!"):
+            return path
+    return None
+
+
+GEARMAND = find_gearmand()
+PERL_GEARMAND = find_gearmand(perl=True)
 
 
 def need(binary: str | None, what: str) -> str:
     """The path of a peer binary; missing peers fail under CI=true and skip elsewhere."""
     if binary:
         return binary
-    message = f"{what} is not installed (Debian packages gearman-job-server, gearman-tools; run tests/run.sh)"
+    message = (f"{what} is not installed (Debian packages gearman-job-server, gearman-tools, gearman-server; "
+               "run tests/run.sh)")
     if IN_CI:
         pytest.fail(message)
     pytest.skip(message)
@@ -84,6 +106,26 @@ class GearmandProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+class PerlGearmandProcess(GearmandProcess):
+    """The Perl Gearman::Server (Debian gearman-server's /usr/bin/gearmand) on a free port;
+    its warnings go to ``perl-gearmand.log`` in ``logdir``."""
+
+    def __init__(self, *extra: str, port: int | None = None) -> None:
+        self.binary = need(PERL_GEARMAND, "the Perl job server (gearman-server)")
+        self.port = port or free_port()
+        self.extra = extra
+        self.proc = None
+        self.logdir = tempfile.mkdtemp(prefix="perl-gearmand-")
+
+    def start(self) -> PerlGearmandProcess:
+        with open(os.path.join(self.logdir, "perl-gearmand.log"), "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "--listen", "127.0.0.1", "--port", str(self.port), *self.extra],
+                stdout=subprocess.DEVNULL, stderr=log)
+        wait_port(self.port)
+        return self
 
 
 class GearnbProcess(GearmandProcess):

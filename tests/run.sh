@@ -2,14 +2,26 @@
 # The whole test suite on a fresh machine: installs what the tests need, then runs them.
 #   bash tests/run.sh [pytest args...]
 # Real peers come from Debian (gearmand: gearman-job-server; gearman, gearadmin: gearman-tools;
-# chromium for the browser test),
+# the Perl job server: gearman-server; chromium for the browser test),
 # installed with apt-get when missing and running as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The C gearmand. Debian's gearman-server installs the Perl job server as /usr/bin/gearmand too
+# (a script), which does not count here.
+have_c_gearmand() {
+  local dir
+  for dir in ${PATH//:/ } /usr/sbin; do
+    [ -x "$dir/gearmand" ] && [ "$(head -c2 "$dir/gearmand")" != '#!' ] && return 0
+  done
+  return 1
+}
+
 need_apt=()
-command -v gearmand >/dev/null 2>&1 || [ -x /usr/sbin/gearmand ] || need_apt+=(gearman-job-server)
+have_c_gearmand || need_apt+=(gearman-job-server)
 command -v gearman >/dev/null 2>&1 || need_apt+=(gearman-tools)
+# tests/test_perl_server.py: the Perl Gearman::Server (and Gearman::Worker for a Perl worker)
+perl -MGearman::Server -MGearman::Worker -e 1 >/dev/null 2>&1 || need_apt+=(gearman-server)
 # tests/test_browser.py: Debian's Chromium, driven by playwright (no browser download)
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 # tests/test_netns.py: network namespaces joined by veth and a bridge

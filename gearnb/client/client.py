@@ -1,20 +1,24 @@
-"""``Client`` (blocking, safe inside Jupyter) and ``AsyncClient`` (for asyncio code)."""
+"""``Client`` (blocking, safe inside Jupyter) and ``AsyncClient`` (for asyncio code).
+
+Order of calls: a submission is handed to the I/O thread by :meth:`Client.submit_many` (every
+blocking submit goes through it: ``submit``, ``do``, ``do_background``, TaskSets, the
+executor), which drains it into :meth:`ClientCore.submit` there; events come back through
+the submission's listener (see :mod:`gearnb.client.submission`).
+"""
 
 from __future__ import annotations
 
-import _thread
 import asyncio
 from collections import deque
-from typing import Any
+from typing import Any, Iterable
 
 from .._loop import io_loop
-from ..protocol import PacketType
-from ..protocol.packets import DEFAULT_MAX_PACKET_SIZE
 from ..addresses import ServerSpec, parse_servers
+from ..protocol import PT
+from ..protocol.packets import DEFAULT_MAX_PACKET_SIZE
 from .core import DEFAULT_SUBMIT_TIMEOUT, ClientCore
-from .task import JobHandle, JobStatus, Task, TaskSet
-
-P = PacketType
+from .submission import Submission
+from .task import _ENDED, JobHandle, JobStatus, Task, TaskSet, _OwnQueue
 
 
 class Client:
@@ -48,13 +52,21 @@ class Client:
         self._outbox_scheduled = False
 
     # -- submitting ---------------------------------------------------------------------
-    def _submit_soon(self, task: Task) -> None:
-        """Hand ``task`` to the I/O thread. Tasks submitted in a burst (a TaskSet) go over in
-        one call_soon_threadsafe, and in order: one wake-up of the I/O thread per batch."""
-        self._outbox.append(task)
+    def submit_many(self, submissions: Iterable[Submission]) -> None:
+        """Hand jobs to the I/O thread, in order, in one wake-up of it.
+
+        Each is a :class:`Task` (one not in a TaskSet gets an event queue of its own: wait
+        for it with ``task.wait()``) or a bare :class:`~gearnb.client.submission.Submission`
+        whose listener handles its events on the I/O thread.
+        """
+        outbox = self._outbox
+        for sub in submissions:
+            if isinstance(sub, Task) and sub._sink is None:
+                sub.submit_to(self._core, _OwnQueue())
+            outbox.append(sub)
         if self._io.in_loop_thread():
             self._drain_outbox()
-        elif not self._outbox_scheduled:
+        elif not self._outbox_scheduled and outbox:
             self._outbox_scheduled = True
             try:
                 self._io.loop.call_soon_threadsafe(self._drain_outbox)
@@ -63,21 +75,20 @@ class Client:
                 raise
 
     def _drain_outbox(self) -> None:  # on the I/O thread
-        # Clear the flag before taking tasks: a task added after this line either is taken
-        # below or schedules another drain.
+        # Clear the flag before taking submissions: one added after this line either is
+        # taken below or schedules another drain.
         self._outbox_scheduled = False
         outbox = self._outbox
         submit = self._core.submit
         while outbox:
             submit(outbox.popleft())
         # The whole batch is in the connections' buffers: write it now. Waiting for the end
-        # of the loop's turn cost a blocking do() ~15 us (an extra turn of the loop).
+        # of the loop's turn would cost a blocking do() an extra turn of the loop.
         self._core.flush()
 
     def submit(self, task: Task) -> Task:
         """Submit a task without waiting; ``task.wait()`` waits and runs its callbacks there."""
-        task._own_set = TaskSet(self)
-        task._own_set.add(task)
+        self.submit_many((task,))
         return task
 
     def do(self, function: str | bytes, data: bytes | str = b"", *, priority: str = "normal",
@@ -87,10 +98,8 @@ class Client:
         Raises :class:`~gearnb.JobException` (the worker's exception text),
         :class:`~gearnb.JobFailed`, :class:`~gearnb.ServerError` or ``TimeoutError``.
         """
-        task = Task(function, data, priority=priority, unique=unique, retries=retries)
-        done = _ended(task)
-        self._submit_soon(task)
-        if not done.acquire(True, _lock_timeout(timeout)):
+        task = self.submit(Task(function, data, priority=priority, unique=unique, retries=retries))
+        if not task.wait(_wait_timeout(timeout)):
             raise TimeoutError(f"job {task.function!r} did not finish within {timeout} s")
         result = task.raise_for_outcome()
         return result if result is not None else b""
@@ -100,10 +109,8 @@ class Client:
                       when: float | None = None, timeout: float | None = None) -> JobHandle:
         """Queue a background job and return its handle (``when``: run at that epoch time);
         the handle remembers its job server, for :meth:`status`."""
-        task = Task(function, data, priority=priority, unique=unique, background=True, when=when)
-        done = _ended(task)
-        self._submit_soon(task)
-        if not done.acquire(True, _lock_timeout(timeout)):
+        task = self.submit(Task(function, data, priority=priority, unique=unique, background=True, when=when))
+        if not task.wait(_wait_timeout(timeout)):
             raise TimeoutError("the job server did not answer the submit in time")
         task.raise_for_outcome()
         assert task.handle is not None
@@ -124,12 +131,12 @@ class Client:
                       timeout: float = 10) -> tuple[JobStatus, int]:
         """GET_STATUS_UNIQUE: the status of the job with that unique, and its client count."""
         unique = unique.encode() if isinstance(unique, str) else unique
-        packet = self._io.run(self._core.request(server, P.GET_STATUS_UNIQUE, unique), timeout)
+        packet = self._io.run(self._core.request(server, PT.GET_STATUS_UNIQUE, unique), timeout)
         _, known, running, num, den, clients = packet.args
         return JobStatus(known == b"1", running == b"1", int(num or 0), int(den or 0)), int(clients or 0)
 
     def echo(self, data: bytes = b"ping", server: str | None = None, timeout: float = 10) -> bytes:
-        packet = self._io.run(self._core.request(server, P.ECHO_REQ, data), timeout)
+        packet = self._io.run(self._core.request(server, PT.ECHO_REQ, data), timeout)
         return packet.args[0]
 
     def close(self) -> None:
@@ -145,23 +152,25 @@ class Client:
         return f"<gearnb.Client servers={self.servers}>"
 
 
-def _lock_timeout(timeout: float | None) -> float:
-    """``timeout`` for ``lock.acquire``: -1 there means forever, and other negative numbers
-    raise; a timeout already spent (a caller's remaining time) must time out at once."""
-    return -1 if timeout is None else max(timeout, 0.0)
+def _wait_timeout(timeout: float | None) -> float | None:
+    """A caller's remaining time that is already spent times out at once."""
+    return None if timeout is None else max(timeout, 0.0)
 
 
-def _ended(task: Task) -> _thread.LockType:
-    """A held lock that the I/O thread releases when ``task`` ends (call before submitting).
+class _LoopSink:
+    """Where an AsyncClient task's events go: its callbacks run at once, on the client's
+    loop (the I/O thread of an AsyncClient is the caller's loop), and its end wakes waiters."""
 
-    ``acquire()`` on it is one C call that lets go of the GIL at once - the I/O thread needs
-    the GIL to send the submit - where ``threading.Event.wait`` runs a Condition's Python code
-    first, and again on waking: measured, Client.do's p50 fell by 25-35 us (of ~330) here.
-    """
-    done = _thread.allocate_lock()
-    done.acquire()
-    task._done_hooks.append(lambda _task: done.release())
-    return done
+    def __init__(self) -> None:
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def put(self, item: tuple[Task, str, tuple[Any, ...]]) -> None:
+        task, event, args = item
+        if event == _ENDED:
+            if not self.ended.done():
+                self.ended.set_result(None)
+        else:
+            task.run_callbacks(event, args)
 
 
 class AsyncClient:
@@ -175,16 +184,15 @@ class AsyncClient:
         self._core = ClientCore(self.servers, **options)
 
     def submit(self, task: Task) -> Task:
-        task._sink = None
+        """Submit a task; its callbacks run on this loop. ``await client.wait(task)``."""
+        task.submit_to(self._core, _LoopSink())
         self._core.submit(task)
         return task
 
     async def wait(self, task: Task) -> Task:
-        if not task.finished:
-            future = asyncio.get_running_loop().create_future()
-            task._done_hooks.append(lambda t: future.done() or future.set_result(None))
-            if not task.finished:
-                await future
+        sink = task._sink
+        assert isinstance(sink, _LoopSink), "submit the task with this AsyncClient first"
+        await asyncio.shield(sink.ended)
         return task
 
     async def do(self, function: str | bytes, data: bytes | str = b"", **options: Any) -> bytes:
@@ -203,7 +211,7 @@ class AsyncClient:
         return await self._core.status(handle, server or self._core.own_server(getattr(handle, "server", None)))
 
     async def echo(self, data: bytes = b"ping", server: str | None = None) -> bytes:
-        return (await self._core.request(server, P.ECHO_REQ, data)).args[0]
+        return (await self._core.request(server, PT.ECHO_REQ, data)).args[0]
 
     async def close(self) -> None:
         await self._core.close()

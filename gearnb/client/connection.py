@@ -1,4 +1,4 @@
-"""One client connection to one job server: pipelined submits, replies matched to tasks.
+"""One client connection to one job server: pipelined submits, replies matched to submissions.
 
 JOB_CREATED and ERROR answer submits in order (matched FIFO); WORK_* packets carry the
 handle. Writes made in one turn of the event loop go out in one system call.
@@ -8,35 +8,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ..sockets import tune
 from ..errors import ServerError
-from ..protocol import PRIORITY_NAMES, REQ, RES, SUBMIT_TYPE_FOR, Decoder, PacketType, ProtocolError, request
-from ..protocol.codec import BIG_PACKET, encode_parts
+from ..protocol import PT, REQ, RES, Decoder, PacketType, ProtocolError, pack_parts, request
+from ..protocol.codec import BIG_PACKET, check_args
 from ..protocol.packets import DEFAULT_MAX_PACKET_SIZE, Packet
+from ..sockets import tune
+from .submission import COMPLETE, EV_DATA, EV_STATUS, EV_WARNING, FAILED
 
 if TYPE_CHECKING:
     from .core import ClientCore
-    from .task import Task
+    from .submission import Submission
 
 log = logging.getLogger("gearnb.client")
-P = PacketType
+
+# The packets that end a job, and every packet about a running job (all carry its handle first).
+_FINAL_TYPES = frozenset((PT.WORK_COMPLETE, PT.WORK_FAIL, PT.WORK_EXCEPTION))
+_WORK_TYPES = frozenset((PT.WORK_STATUS, PT.WORK_DATA, PT.WORK_WARNING)) | _FINAL_TYPES
+_ANSWER_TYPES = frozenset((PT.STATUS_RES, PT.STATUS_RES_UNIQUE, PT.ECHO_RES, PT.OPTION_RES))
 
 
-def set_nodelay(sock: socket.socket | None) -> None:
-    tune(sock)  # TCP_NODELAY and keepalive (gearnb/sockets.py)
-
-
-def submit_packet(task: Task, namespace: bytes = b"") -> bytes:
-    function = namespace + task.function if namespace else task.function
-    if task.when is not None:
-        return request(P.SUBMIT_JOB_EPOCH, function, task.unique,
-                       str(int(task.when)).encode(), task.data)
-    ptype = SUBMIT_TYPE_FOR[(PRIORITY_NAMES[task.priority], task.background)]
-    return request(ptype, function, task.unique, task.data)
+def submit_parts(sub: Submission, namespace: bytes = b"") -> list[bytes]:
+    """The SUBMIT packet of ``sub``, in pieces: a large payload is not copied into the packet."""
+    function = namespace + sub.function if namespace else sub.function
+    if sub.when is not None:
+        args: tuple[bytes, ...] = (function, sub.unique, str(int(sub.when)).encode(), sub.data)
+    else:
+        args = (function, sub.unique, sub.data)
+    check_args(sub.submit_type, args[:-1] + (b"",))  # a NUL in the function name or unique
+    return pack_parts(REQ, sub.submit_type, args)
 
 
 class ClientConnection(asyncio.BufferedProtocol):
@@ -45,12 +47,12 @@ class ClientConnection(asyncio.BufferedProtocol):
     def __init__(self, address: str, owner: ClientCore, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> None:
         self.address = address
         self.owner = owner
-        self.decoder = Decoder(RES, max_packet_size=max_packet_size)
+        self.decoder = Decoder(RES, max_packet_size=max_packet_size, raw=True)
         self.transport: asyncio.Transport | None = None
-        # Requests answered in order: a Task (JOB_CREATED / ERROR) or a Future for
+        # Requests answered in order: a Submission (JOB_CREATED / ERROR) or a Future for
         # OPTION_RES, STATUS_RES, STATUS_RES_UNIQUE and ECHO_RES.
         self.pending: deque[Any] = deque()
-        self.jobs: dict[bytes, list[Task]] = {}  # handle -> tasks (coalesced tasks share one)
+        self.jobs: dict[bytes, list[Submission]] = {}  # handle -> submissions (coalesced ones share one)
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self.closed = False
@@ -62,7 +64,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        set_nodelay(transport.get_extra_info("socket"))
+        tune(transport.get_extra_info("socket"))  # TCP_NODELAY and keepalive
 
     # asyncio.BufferedProtocol: the loop reads into the Decoder's buffer; a large result is
     # read straight into its final bytes object.
@@ -70,24 +72,36 @@ class ClientConnection(asyncio.BufferedProtocol):
         return self.decoder.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(nbytes)  # type: ignore[arg-type]
-
-    def data_received(self, data: bytes | int) -> None:
         try:
-            packets = self.decoder.buffer_updated(data) if type(data) is int else self.decoder.feed(data)
+            packets = self.decoder.buffer_updated(nbytes)
         except ProtocolError as exc:
-            log.error("job server %s sent bad data: %s; reconnecting", self.address, exc)
-            self.abort()
+            self._bad_data(exc)
             return
-        for packet in packets:
+        self._received(packets)
+
+    def data_received(self, data: bytes) -> None:
+        """For transports that hand over bytes instead of reading into :meth:`get_buffer`."""
+        try:
+            packets = self.decoder.feed(data)
+        except ProtocolError as exc:
+            self._bad_data(exc)
+            return
+        self._received(packets)
+
+    def _bad_data(self, exc: ProtocolError) -> None:
+        log.error("job server %s sent bad data: %s; reconnecting", self.address, exc)
+        self.abort()
+
+    def _received(self, packets: list[tuple[int, Any]]) -> None:
+        for ptype, args in packets:
             try:
-                self._dispatch(packet)  # type: ignore[arg-type]
-            except Exception:  # a bug in a callback must not kill the connection
-                log.exception("while handling %r from %s", packet, self.address)
+                self._dispatch(ptype, args)
+            except Exception:  # a bug in a listener must not kill the connection
+                log.exception("while handling %s from %s", PT_NAMES.get(ptype, ptype), self.address)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        unfinished: list[Task] = []
+        unfinished: list[Submission] = []
         seen: set[int] = set()
         for item in self.pending:
             if isinstance(item, asyncio.Future):
@@ -97,11 +111,11 @@ class ClientConnection(asyncio.BufferedProtocol):
                 seen.add(id(item))
                 unfinished.append(item)
         self.pending.clear()
-        for tasks in self.jobs.values():
-            for task in tasks:
-                if id(task) not in seen and not task.finished:
-                    seen.add(id(task))
-                    unfinished.append(task)
+        for subs in self.jobs.values():
+            for sub in subs:
+                if id(sub) not in seen and not sub.finished:
+                    seen.add(id(sub))
+                    unfinished.append(sub)
         self.jobs.clear()
         if not self.lost.done():
             self.lost.set_result(None)
@@ -133,16 +147,10 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.transport.abort()
 
     # -- requests -----------------------------------------------------------------------
-    def submit(self, task: Task) -> None:
-        self.pending.append(task)
-        if len(task.data) >= BIG_PACKET and task.when is None:
-            # Header, function and unique, then the payload itself: not copied into one packet.
-            ptype = SUBMIT_TYPE_FOR[(PRIORITY_NAMES[task.priority], task.background)]
-            function = self.owner.namespace + task.function
-            for part in encode_parts(REQ, ptype, function, task.unique, task.data):
-                self.send(part)
-            return
-        self.send(submit_packet(task, self.owner.namespace))
+    def submit(self, sub: Submission) -> None:
+        self.pending.append(sub)
+        for part in submit_parts(sub, self.owner.namespace):
+            self.send(part)
 
     def request(self, ptype: int, *args: bytes) -> asyncio.Future[Packet]:
         future: asyncio.Future[Packet] = asyncio.get_running_loop().create_future()
@@ -154,36 +162,38 @@ class ClientConnection(asyncio.BufferedProtocol):
         return future
 
     # -- replies ------------------------------------------------------------------------
-    def _dispatch(self, packet: Packet) -> None:
-        ptype, args = packet.type, packet.args
+    def _dispatch(self, ptype: int, args: Any) -> None:
         if ptype in _WORK_TYPES:
             # Strip a trailing NUL from the handle: gearmand adds one to the WORK_FAIL it
             # makes from a WORK_EXCEPTION (gearman-ruby #16).
             handle = args[0].rstrip(b"\0")
-            tasks = self.jobs.get(handle)
-            if not tasks:
+            subs = self.jobs.get(handle)
+            if not subs:
                 return  # a job we no longer track (retried elsewhere, or coalesced and done)
             if ptype in _FINAL_TYPES:
                 del self.jobs[handle]
-            if len(tasks) == 1:
-                _deliver(tasks[0], ptype, args, self)
+            if len(subs) == 1:
+                _deliver(subs[0], ptype, args)
             else:
-                for task in list(tasks):  # a copy: delivering may resubmit and change the list
-                    _deliver(task, ptype, args, self)
+                for sub in list(subs):  # a copy: delivering may resubmit and change the list
+                    _deliver(sub, ptype, args)
             return
-        if ptype == _JOB_CREATED:
-            task = self._pop_any()
-            if task is None or isinstance(task, asyncio.Future):
+        if ptype == PT.JOB_CREATED:
+            sub = self._pop_any()
+            if sub is None or isinstance(sub, asyncio.Future):
                 log.warning("job server %s sent JOB_CREATED for no submit", self.address)
                 return
             handle = args[0]
-            if not task.background:
-                self.jobs.setdefault(handle, []).append(task)
-            task._created(handle, self.address)
+            if not sub.background:
+                self.jobs.setdefault(handle, []).append(sub)
+            sub.created(handle, self.address)
             return
-        if ptype == P.ERROR:
+        if ptype == PT.ERROR:
             item = self._pop_any()
-            error = ServerError(args[0].decode(errors="replace"), args[1].decode(errors="replace"), self.address)
+            # Named for the error's wording where a server lacks the feature (the Perl server).
+            refused = None if item is None or isinstance(item, asyncio.Future) else PT_NAMES[item.submit_type]
+            error = ServerError(args[0].decode(errors="replace"), args[1].decode(errors="replace"), self.address,
+                                request=refused)
             if item is None:
                 log.warning("job server %s: %s", self.address, error)
             elif isinstance(item, asyncio.Future):
@@ -192,51 +202,41 @@ class ClientConnection(asyncio.BufferedProtocol):
             else:
                 self.owner.refused(item, error, self)
             return
-        if ptype in (P.STATUS_RES, P.STATUS_RES_UNIQUE, P.ECHO_RES, P.OPTION_RES):
+        if ptype in _ANSWER_TYPES:
             item = self._pop_any()
             if isinstance(item, asyncio.Future) and not item.done():
-                item.set_result(packet)
+                item.set_result(Packet(RES, ptype, tuple(args)))
             return
-        if ptype == P.NOOP:
+        if ptype == PT.NOOP:
             return
-        log.warning("unexpected %r from %s", packet, self.address)
+        log.warning("unexpected %s from %s", PT_NAMES.get(ptype, ptype), self.address)
 
     def _pop_any(self) -> Any:
         return self.pending.popleft() if self.pending else None
 
 
-
-# Plain ints for the hot paths: reading a PacketType member (P.X) costs ~0.2 us, as the enum
-# metaclass routes class attribute access through Python code.
-_JOB_CREATED = int(P.JOB_CREATED)
-_WORK_COMPLETE = int(P.WORK_COMPLETE)
-_FINAL_TYPES = frozenset((P.WORK_COMPLETE, P.WORK_FAIL, P.WORK_EXCEPTION))
-_WORK_TYPES = frozenset((P.WORK_STATUS, P.WORK_DATA, P.WORK_WARNING)) | _FINAL_TYPES
+PT_NAMES = {member.value: member.name for member in PacketType}
 
 
-def _deliver(task: Task, ptype: int, args: tuple[bytes, ...], conn: ClientConnection) -> None:
-    """Apply one WORK_* packet to a task (on the I/O thread)."""
-    if task.finished:
+def _deliver(sub: Submission, ptype: int, args: Any) -> None:
+    """Apply one WORK_* packet to a submission (on the I/O thread)."""
+    if sub.finished:
         return
-    if ptype == _WORK_COMPLETE:
-        task.result = args[1]
-        task._emit("complete", args[1])
-        task._finish(True)
-    elif ptype == P.WORK_DATA:
-        task._emit("data", args[1])
-    elif ptype == P.WORK_WARNING:
-        task._emit("warning", args[1])
-    elif ptype == P.WORK_STATUS:
+    if ptype == PT.WORK_COMPLETE:
+        sub.end(COMPLETE, args[1])
+    elif ptype == PT.WORK_DATA:
+        sub.listener(sub, EV_DATA, args[1])
+    elif ptype == PT.WORK_WARNING:
+        sub.listener(sub, EV_WARNING, args[1])
+    elif ptype == PT.WORK_STATUS:
         try:
             status = (int(args[1]), int(args[2]))
         except ValueError:
             status = (0, 0)
-        task.status = status
-        task._emit("status", *status)
-    elif ptype == P.WORK_EXCEPTION:
-        task.exception_data = args[1]
-        task.exception_text = args[1].decode(errors="replace")
-        task._emit("exception", task.exception_text)
-        conn.owner.job_failed(task)
-    elif ptype == P.WORK_FAIL:
-        conn.owner.job_failed(task)
+        sub.status = status
+        sub.listener(sub, EV_STATUS, status)
+    elif ptype == PT.WORK_EXCEPTION:
+        sub.exception_data = args[1]
+        sub.end(FAILED)
+    else:  # WORK_FAIL
+        sub.end(FAILED)

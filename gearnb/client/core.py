@@ -1,7 +1,12 @@
-"""The client's core, on one event loop: choosing servers, submitting, retry and failover.
+"""The client's core, on one event loop: connecting, choosing servers, submitting, failover.
 
 ``Client`` (blocking, on gearnb's I/O thread) and ``AsyncClient`` (on the caller's loop)
-are thin faces over this.
+are thin faces over this. Order of calls: :meth:`ClientCore.submit` picks a live server (or
+connects) and hands the :class:`~gearnb.client.submission.Submission` to that server's
+:class:`~gearnb.client.connection.ClientConnection`, which writes it and applies the replies
+to it; a refusal comes back to :meth:`refused` (next server), a lost connection to
+:meth:`connection_lost` (unfinished submissions go to the next live server). What to do
+with a job that failed - retry it or not - is the submitter's decision, not the core's.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ from ..protocol import PacketType
 from ..protocol.packets import DEFAULT_MAX_PACKET_SIZE
 from ..addresses import split_address
 from .connection import ClientConnection
+from .submission import REFUSED
 from .task import JobStatus
 
 if TYPE_CHECKING:
-    from .task import Task
+    from .submission import Submission
 
 log = logging.getLogger("gearnb.client")
 P = PacketType
@@ -30,7 +36,7 @@ P = PacketType
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 CONNECT_TIMEOUT = 5.0
-# How long a task waits for any server to come back before it fails with NoJobServers.
+# How long a submission waits for any server to come back before it fails with NoJobServers.
 DEFAULT_SUBMIT_TIMEOUT = 30.0
 
 
@@ -117,27 +123,27 @@ class ClientCore:
         state.failures = 0
         return conn
 
-    def connection_lost(self, conn: ClientConnection, unfinished: list[Task]) -> None:
+    def connection_lost(self, conn: ClientConnection, unfinished: list[Submission]) -> None:
         for state in self.servers:
             if state.conn is conn:
                 state.conn = None
                 state.failures += 1
                 state.retry_at = time.monotonic() + BACKOFF_FIRST
         if unfinished and not self.closed:
-            log.warning("lost job server %s; resubmitting %d unfinished tasks elsewhere",
+            log.warning("lost job server %s; resubmitting %d unfinished jobs elsewhere",
                         conn.address, len(unfinished))
-        for task in unfinished:
+        for sub in unfinished:
             if self.closed:
-                task._finish(False, ConnectionError(f"lost connection to {conn.address}"))
+                sub.end(REFUSED, error=ConnectionError(f"lost connection to {conn.address}"))
             else:
-                self.submit(task, avoid=conn.address)
+                self.submit(sub, avoid=conn.address)
 
     # -- choosing a server --------------------------------------------------------------
-    def _order(self, task: Task, avoid: str | None) -> list[ServerState]:
+    def _order(self, sub: Submission, avoid: str | None) -> list[ServerState]:
         n = len(self.servers)
-        if task.unique:
+        if sub.unique:
             # A unique always goes to the same server, so coalescing works across clients.
-            start = zlib.crc32(task.unique) % n
+            start = zlib.crc32(sub.unique) % n
         else:
             start = self._next
             self._next = (self._next + 1) % n
@@ -147,38 +153,38 @@ class ClientCore:
         return order
 
     # -- submitting ---------------------------------------------------------------------
-    def submit(self, task: Task, avoid: str | None = None) -> None:
-        """Send ``task`` to a live server now, or start connecting and send it then."""
+    def submit(self, sub: Submission, avoid: str | None = None) -> None:
+        """Send ``sub`` to a live server now, or start connecting and send it then."""
         if self.closed:
-            task._finish(False, NoJobServers("the client is closed"))
+            sub.end(REFUSED, error=NoJobServers("the client is closed"))
             return
         servers = self.servers
-        if len(servers) == 1 and not task._tried:
-            # One server, connected: what the loop below does, without its set-up (this runs
-            # for every task; the order list and the clock were a tenth of the client's time).
+        if len(servers) == 1 and not sub.tried:
+            # One server, connected: what the loop below comes to, without its set-up (this
+            # runs for every submission).
             conn = servers[0].conn
             if conn is not None and not conn.closed:
-                conn.submit(task)
+                conn.submit(sub)
                 return
         now = time.monotonic()
-        for state in self._order(task, avoid):
-            if state.address in task._tried:
+        for state in self._order(sub, avoid):
+            if state.address in sub.tried:
                 continue
             if state.live:
                 assert state.conn is not None
-                state.conn.submit(task)
+                state.conn.submit(sub)
                 return
             if not state.usable(now):
                 continue  # backing off after a failure: fail over to the next one
-            if task.unique:
+            if sub.unique:
                 # Not connected yet (or due for a retry): a unique waits for its own server
                 # rather than taking whichever is live, or coalescing across clients breaks.
                 break
-            # Not connected yet: connect in the background, so that later tasks are spread
-            # over every server instead of all going to the first one that was connected.
+            # Not connected yet: connect in the background, so that later submissions are
+            # spread over every server instead of all going to the first one connected.
             if state.connecting is None:
                 asyncio.ensure_future(self._connect_quietly(state))
-        asyncio.ensure_future(self._submit_when_connected(task, avoid))
+        asyncio.ensure_future(self._submit_when_connected(sub, avoid))
 
     def flush(self) -> None:
         """Write every connection's queued submits now (after a batch was handed over)."""
@@ -192,49 +198,38 @@ class ClientCore:
         except ConnectionError:
             pass  # _connect has set the back-off; tasks go elsewhere meanwhile
 
-    async def _submit_when_connected(self, task: Task, avoid: str | None) -> None:
+    async def _submit_when_connected(self, sub: Submission, avoid: str | None) -> None:
         deadline = time.monotonic() + self.submit_timeout
         errors: list[str] = []
         while not self.closed:
             now = time.monotonic()
-            for state in self._order(task, avoid):
-                if state.address in task._tried or not state.usable(now):
+            for state in self._order(sub, avoid):
+                if state.address in sub.tried or not state.usable(now):
                     continue
                 try:
                     conn = await self.connection(state)
                 except ConnectionError as exc:
                     errors.append(str(exc))
                     continue
-                conn.submit(task)
+                conn.submit(sub)
                 return
-            if now >= deadline or all(s.address in task._tried for s in self.servers):
+            if now >= deadline or all(s.address in sub.tried for s in self.servers):
                 break
             wake = min((s.retry_at for s in self.servers), default=now + BACKOFF_FIRST)
             await asyncio.sleep(min(max(wake - time.monotonic(), 0.01), max(deadline - now, 0.01)))
         servers = ", ".join(s.address for s in self.servers)
-        task._finish(False, NoJobServers(
-            f"no job server accepted the task (tried {servers} for {self.submit_timeout:g} s). "
+        sub.end(REFUSED, error=NoJobServers(
+            f"no job server accepted the job (tried {servers} for {self.submit_timeout:g} s). "
             f"Is a job server running there? Start one with 'gearnb server' or point "
             f"GEARMAN_SERVERS at yours. Last error: {errors[-1] if errors else 'refused'}"))
 
-    def refused(self, task: Task, error: ServerError, conn: ClientConnection) -> None:
-        """The server answered ERROR to a submit: try the next server, else fail the task."""
-        task._tried.add(conn.address)
-        if all(s.address in task._tried for s in self.servers):
-            task._finish(False, error)
+    def refused(self, sub: Submission, error: ServerError, conn: ClientConnection) -> None:
+        """The server answered ERROR to a submit: try the next server, else it is REFUSED."""
+        sub.tried.add(conn.address)
+        if all(s.address in sub.tried for s in self.servers):
+            sub.end(REFUSED, error=error)
         else:
-            self.submit(task)
-
-    def job_failed(self, task: Task) -> None:
-        """WORK_FAIL or WORK_EXCEPTION: resubmit while the task has retries left."""
-        if task.retries_done < task.retries:
-            task.retries_done += 1
-            task.handle = None
-            task._emit("retry", task.retries_done)
-            self.submit(task)
-            return
-        task._emit("fail")
-        task._finish(False)
+            self.submit(sub)
 
     # -- queries ------------------------------------------------------------------------
     def own_server(self, address: str | None) -> str | None:

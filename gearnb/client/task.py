@@ -1,28 +1,32 @@
 """Task and TaskSet, as in gearman-ruby: one job with callbacks, and a set waited on together.
 
-Network events arrive on gearnb's I/O thread. A task's *state* (handle, status, result)
-is updated there at once; its *callbacks* run on the thread that waits (``TaskSet.wait`` /
-``Task.wait``), so user code never blocks the I/O thread. Tasks driven through the async API
-run their callbacks on the event loop instead.
+A :class:`Task` is a :class:`~gearnb.client.submission.Submission` with gearman-ruby's
+public face: callbacks, ``retries`` and waiting. Network events reach it on gearnb's I/O
+thread (its listener, :meth:`Task._event`), which decides retries there and queues every
+callback for the thread that waits on it: the caller of ``TaskSet.wait`` or
+``Task.wait`` (a task submitted on its own). Tasks submitted through the :class:`AsyncClient`
+run their callbacks on that client's event loop instead. A task's end reaches its waiter
+as the last event it queues.
 """
 
 from __future__ import annotations
 
 import queue
-import threading
-import uuid
 import time
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+import uuid
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol
 
 from ..errors import JobException, JobFailed
-from ..protocol import PRIORITY_NAMES
+from .submission import COMPLETE, EV_CREATED, EV_DATA, EV_END, EV_STATUS, EV_WARNING, FAILED, Submission
 
 if TYPE_CHECKING:
     from .client import Client
+    from .core import ClientCore
 
 Callback = Callable[..., Any]
-_done_lock = threading.Lock()  # makes Task._done at most once
 EVENTS = ("created", "complete", "fail", "retry", "exception", "status", "data", "warning")
+_ENDED = "_ended"  # the last event a task queues for its waiter
+_EVENT_NAMES = {EV_CREATED: "created", EV_STATUS: "status", EV_DATA: "data", EV_WARNING: "warning"}
 
 
 class JobStatus(NamedTuple):
@@ -50,13 +54,19 @@ class JobHandle(bytes):
         return JobHandle, (bytes(self), self.server)
 
 
+class Sink(Protocol):
+    """Where a task's events go: ``put((task, event_name, args))``."""
+
+    def put(self, item: tuple[Task, str, tuple[Any, ...]]) -> None: ...
+
+
 def _as_bytes(data: bytes | str | bytearray | memoryview) -> bytes:
     if isinstance(data, str):
         return data.encode()
     return bytes(data)
 
 
-class Task:
+class Task(Submission):
     """One Gearman job to submit: function name, payload and options, plus callbacks.
 
     Callbacks: ``on_complete(data)``, ``on_fail()``, ``on_retry(n)``, ``on_exception(text)``,
@@ -66,6 +76,8 @@ class Task:
     retries left, or a task no server accepted (then ``task.error`` holds why, such as
     :class:`~gearnb.NoJobServers` or the server's ERROR).
     """
+
+    __slots__ = ("retries", "retries_done", "exception_text", "_callbacks", "_sink", "_core")
 
     def __init__(
         self,
@@ -78,35 +90,22 @@ class Task:
         retries: int = 0,
         when: float | None = None,
     ) -> None:
-        if priority not in PRIORITY_NAMES:
-            raise ValueError(f"priority must be 'high', 'normal' or 'low', not {priority!r}")
-        self.function = function if type(function) is bytes else _as_bytes(function)
-        self.data = data if type(data) is bytes else _as_bytes(data)
-        self.priority = priority
-        self.background = background
-        if unique is None and background:
+        if unique is None and (background or when is not None):
             # As libgearman does: every background job gets a unique, or persistent queues
             # (keyed on unique and function) keep only one of them (gearmand #80, #87).
             unique = uuid.uuid4().hex
-        self.unique = _as_bytes(unique) if unique is not None else b""
+        super().__init__(
+            function if type(function) is bytes else _as_bytes(function),
+            data if type(data) is bytes else _as_bytes(data),
+            priority=priority, background=background or when is not None,
+            unique=_as_bytes(unique) if unique is not None else b"", when=when)
+        self.listener = self._event
         self.retries = retries
-        self.when = when  # epoch seconds: SUBMIT_JOB_EPOCH (a background job that runs then)
-        self.handle: bytes | None = None
-        self.server: str | None = None
-        self.result: bytes | None = None
-        self.exception_text: str | None = None
-        self.exception_data: bytes | None = None  # WORK_EXCEPTION's data as sent
-        self.status: tuple[int, int] = (0, 0)
         self.retries_done = 0
-        self.finished = False
-        self.successful = False
-        self.error: BaseException | None = None  # set when the task could not be submitted
+        self.exception_text: str | None = None
         self._callbacks: dict[str, list[Callback]] = {}
-        self._sink: queue.SimpleQueue[tuple[Task, str, tuple[Any, ...]]] | None = None
-        self._done_event: threading.Event | None = None  # see _done
-        self._done_hooks: list[Callable[[Task], None]] = []  # run on the I/O thread
-        self._tried: set[str] = set()  # servers that refused this submission
-        self._own_set: TaskSet | None = None  # set by Client.submit for a task on its own
+        self._sink: Sink | None = None  # set when submitted (see submit_to)
+        self._core: ClientCore | None = None  # the core it was submitted to (for retries)
 
     # -- callbacks ----------------------------------------------------------------------
     def _on(self, event: str, fn: Callback) -> Task:
@@ -137,65 +136,58 @@ class Task:
     def on_warning(self, fn: Callback) -> Task:
         return self._on("warning", fn)
 
-    def _run_callbacks(self, event: str, args: tuple[Any, ...]) -> None:
+    def run_callbacks(self, event: str, args: tuple[Any, ...]) -> None:
+        """Run the callbacks of one event (the waiter calls this for each queued event)."""
         for fn in self._callbacks.get(event, ()):
             fn(*args)
 
-    @property
-    def _done(self) -> threading.Event:
-        """Set when the task ends. Made on first use: a TaskSet never needs one, and making a
-        threading.Event for each of many thousands of tasks was a tenth of the client's time."""
-        event = self._done_event
-        if event is None:
-            with _done_lock:
-                event = self._done_event
-                if event is None:
-                    event = threading.Event()
-                    self._done_event = event  # publish first, then look (_finish does the reverse)
-                    if self.finished:
-                        event.set()
-        return event
+    # -- on the I/O thread ----------------------------------------------------------------
+    def submit_to(self, core: ClientCore, sink: Sink) -> None:
+        """Where this task goes and where its events go; then send it (the client does this)."""
+        if self._sink is not None and not self.finished:
+            raise RuntimeError("this task is already submitted")
+        self._core = core
+        self._sink = sink
 
-    # -- events, on the I/O thread ------------------------------------------------------
-    def _emit(self, event: str, *args: Any) -> None:
-        if self._sink is not None:
-            self._sink.put((self, event, args))
-        elif event in self._callbacks:
-            self._run_callbacks(event, args)
-
-    def _created(self, handle: bytes, server: str) -> None:
-        self.handle = handle
-        self.server = server
-        self._emit("created", handle)
-        if self.background:
-            self._finish(True)
-
-    def _finish(self, successful: bool, error: BaseException | None = None) -> None:
-        if self.finished:
+    def _event(self, sub: Submission, event: int, argument: Any) -> None:
+        sink = self._sink
+        assert sink is not None
+        if event != EV_END:
+            sink.put((self, _EVENT_NAMES[event], argument if event == EV_STATUS else (argument,)))
             return
-        if error is not None:
-            # Never submitted, or refused (NoJobServers, the server's ERROR): on_fail runs as
-            # for WORK_FAIL, as libgearman's fail callback does; ``task.error`` says why.
-            self._emit("fail")
-        self.finished = True
-        self.successful = successful
-        self.error = error
-        event = self._done_event
-        if event is not None:
-            event.set()
-        for hook in self._done_hooks:
-            hook(self)
-        if self._sink is not None:
-            self._sink.put((self, "_finished", ()))
+        if self.state == COMPLETE:
+            sink.put((self, "complete", (self.result,)))
+        elif self.state == FAILED:
+            if self.exception_data is not None:
+                self.exception_text = self.exception_data.decode(errors="replace")
+                sink.put((self, "exception", (self.exception_text,)))
+            if self.retries_done < self.retries and self._core is not None:
+                # gearman-ruby's retries: the same task again, as a new job.
+                self.retries_done += 1
+                sink.put((self, "retry", (self.retries_done,)))
+                self.reset()
+                self.exception_text = None
+                self._core.submit(self)
+                return
+            sink.put((self, "fail", ()))
+        else:  # REFUSED: never ran; on_fail as for WORK_FAIL, as libgearman's fail callback
+            sink.put((self, "fail", ()))
+        sink.put((self, _ENDED, ()))
 
     # -- waiting ------------------------------------------------------------------------
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait for this task alone, running its callbacks here. True when it ended."""
-        if self._own_set is not None:
-            return self._own_set.wait(timeout)
-        if self._sink is None:
-            return self._done.wait(timeout)
-        raise RuntimeError("this task belongs to a TaskSet: wait on the TaskSet")
+        """Wait for this task, running its callbacks here. True when it ended.
+
+        For a task submitted on its own (``Client.submit``); a task in a TaskSet is waited
+        for with the set.
+        """
+        sink = self._sink
+        if isinstance(sink, TaskSet):
+            raise RuntimeError("this task belongs to a TaskSet: wait on the TaskSet")
+        if sink is None:
+            raise RuntimeError("this task has not been submitted (Client.submit(task))")
+        assert isinstance(sink, _OwnQueue)
+        return sink.run_until_ended(timeout)
 
     def raise_for_outcome(self) -> bytes | None:
         """The result of an ended task, or the matching exception."""
@@ -207,36 +199,17 @@ class Task:
             raise JobFailed(f"job {self.function.decode(errors='replace')} failed")
         return self.result
 
-    def __repr__(self) -> str:
-        state = "finished" if self.finished else "pending"
-        return f"<Task {self.function!r} handle={self.handle!r} {state}>"
 
+class _EventQueue:
+    """A task's events queued for the waiting thread, run there in order."""
 
-class TaskSet:
-    """Tasks submitted through one client and waited on together (gearman-ruby's TaskSet)."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.tasks: list[Task] = []
+    def __init__(self) -> None:
         self._events: queue.SimpleQueue[tuple[Task, str, tuple[Any, ...]]] = queue.SimpleQueue()
+        self.put = self._events.put
         self._pending = 0
 
-    def add(self, task: Task) -> Task:
-        """Submit ``task`` now; its callbacks will run inside :meth:`wait`."""
-        task._sink = self._events
-        self.tasks.append(task)
-        self._pending += 1
-        self.client._submit_soon(task)
-        return task
-
-    add_task = add
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Run callbacks as events arrive until every task ended; False on timeout.
-
-        ``timeout=None`` waits as long as it takes (gearman-ruby's default of 1 s surprised
-        users; here a time limit is asked for explicitly).
-        """
+    def _run(self, timeout: float | None) -> bool:
+        """Run callbacks as events arrive until every task ended; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         events = self._events
         while self._pending:
@@ -250,15 +223,52 @@ class TaskSet:
                     task, event, args = events.get(timeout=remaining)
                 except queue.Empty:
                     return False
-            if event == "_finished":
+            if event == _ENDED:
                 self._pending -= 1
             else:
-                task._run_callbacks(event, args)
-        # Drain anything left (for instance callbacks emitted just before the end).
-        while True:
-            try:
-                task, event, args = self._events.get_nowait()
-            except queue.Empty:
-                return True
-            if event != "_finished":
-                task._run_callbacks(event, args)
+                task.run_callbacks(event, args)
+        return True
+
+
+class _OwnQueue(_EventQueue):
+    """The event queue of a task submitted on its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending = 1
+
+    def run_until_ended(self, timeout: float | None) -> bool:
+        return self._run(timeout)
+
+
+class TaskSet(_EventQueue):
+    """Tasks submitted through one client and waited on together (gearman-ruby's TaskSet)."""
+
+    def __init__(self, client: Client) -> None:
+        super().__init__()
+        self.client = client
+        self.tasks: list[Task] = []
+
+    def add(self, task: Task) -> Task:
+        """Submit ``task`` now; its callbacks will run inside :meth:`wait`."""
+        self.add_many([task])
+        return task
+
+    add_task = add
+
+    def add_many(self, tasks: list[Task]) -> list[Task]:
+        """Submit several tasks in one hand-over to the I/O thread."""
+        for task in tasks:
+            task.submit_to(self.client._core, self)
+            self.tasks.append(task)
+            self._pending += 1
+        self.client.submit_many(tasks)
+        return tasks
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Run callbacks as events arrive until every task ended; False on timeout.
+
+        ``timeout=None`` waits as long as it takes (gearman-ruby's default of 1 s surprised
+        users; here a time limit is asked for explicitly).
+        """
+        return self._run(timeout)

@@ -1,31 +1,28 @@
-"""Executor: a concurrent.futures.Executor that runs Python callables on Gearman workers."""
+"""Executor: a concurrent.futures.Executor that runs Python callables on Gearman workers.
+
+``submit`` is a :class:`~gearnb.executor.runs.CallRun` (one call), ``map`` and its family
+are :class:`~gearnb.executor.mapping.MapRun` s; both send their jobs through one
+:class:`~gearnb.executor.calls.PyexecCalls`, so encoding, decoding, retries and cancelling
+each exist once.
+"""
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextvars
-import logging
-import sys
 import threading
 import time
 from typing import Any, Callable, Iterable, Iterator
 
+from ..addresses import ServerSpec
 from ..admin import Admin
 from ..client import Client
-from ..client.task import Task
-from ..client.text_admin import cancel_jobs
-from ..errors import JobFailed
-from ..pyexec import envelope
-from ..pyexec.keys import NO_KEY_HELP, RefusedPayload, Signer, load_key
+from ..pyexec.keys import Signer, load_key
 from ..pyexec.runner import PYEXEC
-from ..addresses import ServerSpec
+from .calls import PyexecCalls
 from .futures import GearnbFuture
 from .mapping import MapRun
+from .runs import CallRun, cancel_calls
 
-log = logging.getLogger("gearnb.executor")
-
-# Wait this long for JOB_CREATED of just-submitted jobs before cancelling them.
-CANCEL_CREATED_WAIT = 2.0
 WORKER_COUNT_TTL = 5.0  # seconds a worker count from the admin protocol is trusted
 
 
@@ -44,14 +41,13 @@ class Executor(concurrent.futures.Executor):
                  key_file: str | None = None, function: str = PYEXEC, show_output: bool = True,
                  ssl: Any = None) -> None:
         resolved = load_key(key, key_file)
-        # Without a key, plain Gearman calls (call()) still work; Python callables need one.
-        self._signer = Signer(resolved) if resolved else None
         self.client = Client(servers, ssl=ssl)  # ssl: gearnb.tls.client_context(...)
         self.servers = self.client.servers
-        self.function = function.encode()
-        self.show_output = show_output
-        self._io = self.client._io
-        self._core = self.client._core
+        self.ssl = ssl
+        # Without a key, plain Gearman calls (call()) still work; Python callables need one.
+        self.calls = PyexecCalls(self.client, Signer(resolved) if resolved else None, function.encode(),
+                                 show_output=show_output, ssl=ssl)
+        self.function = self.calls.function
         self._shutdown = False
         self._futures: set[GearnbFuture] = set()
         self._lock = threading.Lock()
@@ -59,9 +55,7 @@ class Executor(concurrent.futures.Executor):
 
     @property
     def signer(self) -> Signer:
-        if self._signer is None:
-            raise ValueError(NO_KEY_HELP)
-        return self._signer
+        return self.calls.signer
 
     # -- concurrent.futures.Executor --------------------------------------------------------
     def submit(self, fn: Callable[..., Any], /, *args: Any, retries: int = 0, priority: str = "normal",
@@ -69,39 +63,14 @@ class Executor(concurrent.futures.Executor):
         """Run ``fn(*args, **kwargs)`` on a worker; returns a :class:`GearnbFuture`."""
         if self._shutdown:
             raise RuntimeError("cannot submit after shutdown")
-        blob = envelope.FunctionBlob(fn)
-        label = getattr(fn, "__name__", None) or type(fn).__name__
-        future = GearnbFuture(self, label)
-        parts = envelope.encode_call_parts(blob, [(args, kwargs)], with_code=True, chunk=False)
-        payload = self.signer.sign_parts(self.function, parts)
+        future = GearnbFuture()
+        run = CallRun(self.calls, fn, args, kwargs, future, retries=retries, priority=priority)
+        future.run = run
         with self._lock:
             self._futures.add(future)
         future.add_done_callback(self._forget)
-        self._submit_call(future, payload, retries, priority)
+        run.start()
         return future
-
-    def _submit_call(self, future: GearnbFuture, payload: bytes, retries: int, priority: str) -> None:
-        task = Task(self.function, payload, priority=priority)
-        future.task = task
-
-        def done(task: Task) -> None:
-            if future.done():
-                return
-            try:
-                values, errors = self._decode(task)
-            except BaseException as exc:  # noqa: BLE001 - delivered to the future
-                values, errors = [None], {0: exc}
-            if 0 in errors:
-                if retries > 0 and not isinstance(errors[0], (RefusedPayload, envelope.VersionMismatch)):
-                    self._submit_call(future, payload, retries - 1, priority)
-                    return
-                future.set_exception(errors[0])
-            else:
-                future.set_result(values[0])
-
-        task._done_hooks.append(done)
-        self._attach_output(task, future.label, None, None)
-        self._submit_tasks([task])
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1, buffersize: int | None = None) -> Iterator[Any]:  # type: ignore[override]
@@ -117,10 +86,10 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             futures = list(self._futures)
         if cancel_futures:
-            self._cancel_jobs([f.task for f in futures if f.task is not None and not f.done()])
-            for f in futures:
-                if not f.done():
-                    concurrent.futures.Future.cancel(f)
+            pending = [f for f in futures if not f.done() and f.run is not None]
+            for future, dropped in zip(pending, cancel_calls([f.run for f in pending])):  # type: ignore[misc]
+                if dropped:
+                    concurrent.futures.Future.cancel(future)
         if wait:
             concurrent.futures.wait(futures)
         self.client.close()
@@ -149,77 +118,6 @@ class Executor(concurrent.futures.Executor):
         reply = self.client.do(function, msgpack.packb(data, use_bin_type=True), timeout=timeout, **options)
         return msgpack.unpackb(reply, raw=False) if reply else None
 
-    # -- plumbing (the I/O thread calls the hooks) ------------------------------------------
-    def _submit_tasks(self, tasks: list[Task]) -> None:
-        core = self._core
-
-        def submit_all() -> None:
-            for task in tasks:
-                core.submit(task)
-
-        self._io.call_soon(submit_all)
-
-    def _decode(self, task: Task) -> tuple[list[Any], dict[int, BaseException]]:
-        """Values and per-call exceptions of a finished pyexec task; raises for the whole job."""
-        if task.error is not None:
-            raise task.error
-        if task.successful:
-            payload = task.result or b""
-        elif task.exception_data is not None:
-            payload = task.exception_data
-        else:
-            raise JobFailed("the job failed on the job server (WORK_FAIL): its worker died more times than "
-                            "the server's --job-retries allows, or it was cancelled")
-        try:
-            body = self.signer.verify(self.function, payload)
-        except RefusedPayload:
-            if not task.successful:  # the worker's own refusal, in plain text
-                raise RefusedPayload(payload.decode(errors="replace")) from None
-            raise RefusedPayload("the worker's answer is not signed with this cluster's key; "
-                                 "is the worker started with the same GEARNB_KEY?") from None
-        msg = envelope.decode_result(body)
-        if msg.get("need_code"):
-            raise envelope.NeedCode()
-        if "fail" in msg:
-            raise envelope.rebuild_error(msg["fail"])
-        errors = {int(i): envelope.rebuild_error(r) for i, r in msg.get("e", {}).items()}
-        return msg["values"], errors
-
-    def _attach_output(self, task: Task, label: str, index: int | None, progress: Any,
-                       context: contextvars.Context | None = None) -> None:
-        """Worker print() (WORK_DATA) and stderr (WORK_WARNING) appear here, marked with the task.
-
-        They are printed on the I/O thread but in the calling thread's context: ipykernel
-        uses a context variable to decide which cell output belongs to.
-        """
-        if self.show_output:
-            tag = f"[{label}{'' if index is None else f' #{index}'}] "
-            ctx = context if context is not None else contextvars.copy_context()
-            task.on_data(lambda data: ctx.run(_print_marked, "stdout", tag, data))
-            task.on_warning(lambda data: ctx.run(_print_marked, "stderr", tag, data))
-        if progress is not None:
-            task.on_status(lambda n, d, t=task: progress.status(t, n, d))
-
-    def _cancel_jobs(self, tasks: list[Task]) -> bool:
-        """Cancel queued jobs on their servers; True if every one of them was dropped."""
-        deadline = time.monotonic() + CANCEL_CREATED_WAIT
-        while any(t.handle is None and not t.finished for t in tasks) and time.monotonic() < deadline:
-            time.sleep(0.002)
-        by_server: dict[str, list[Task]] = {}
-        for task in tasks:
-            task._done_hooks.clear()  # a late answer goes nowhere
-            if task.handle is not None and task.server is not None and not task.finished:
-                by_server.setdefault(task.server, []).append(task)
-        all_dropped = True
-        for server, group in by_server.items():
-            try:
-                dropped = self._io.run(cancel_jobs(server, [t.handle for t in group]), 30)  # type: ignore[misc]
-            except (OSError, TimeoutError) as exc:
-                log.warning("could not cancel %d jobs on %s: %s", len(group), server, exc)
-                dropped = [False] * len(group)
-            all_dropped = all_dropped and all(dropped)
-        return all_dropped
-
     def _forget(self, future: concurrent.futures.Future) -> None:
         with self._lock:
             self._futures.discard(future)  # type: ignore[arg-type]
@@ -246,13 +144,3 @@ class Executor(concurrent.futures.Executor):
         from ..display import executor_html
 
         return executor_html(self)
-
-
-def _print_marked(stream_name: str, tag: str, data: bytes) -> None:
-    stream = getattr(sys, stream_name)
-    text = data.decode(errors="replace")
-    lines = text.splitlines(keepends=True)
-    stream.write("".join(tag + line for line in lines))
-    if lines and not lines[-1].endswith("\n"):
-        stream.write("\n")
-    stream.flush()

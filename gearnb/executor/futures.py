@@ -8,12 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any, Generator
 
 if TYPE_CHECKING:
-    from ..client.task import Task
-    from .executor import Executor
-
-# How long cancel() waits for the job server to answer the submit (JOB_CREATED) when it is
-# asked to cancel a call that was submitted a moment ago.
-CANCEL_CREATED_WAIT = 5.0
+    from .runs import CallRun
 
 
 class GearnbFuture(concurrent.futures.Future):
@@ -24,34 +19,31 @@ class GearnbFuture(concurrent.futures.Future):
     concurrent.futures does. ``await future`` works in asyncio code.
     """
 
-    def __init__(self, executor: Executor, label: str) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.executor = executor
-        self.label = label
-        self.task: Task | None = None
+        self.run: CallRun | None = None  # set by Executor.submit
         self.submitted_at = time.time()
         self.finished_at: float | None = None
         self.add_done_callback(_stamp)
 
     @property
+    def label(self) -> str:
+        return self.run.label if self.run is not None else "?"
+
+    @property
     def handle(self) -> bytes | None:
-        return self.task.handle if self.task is not None else None
+        job = self.run.job if self.run is not None else None
+        return job.handle if job is not None else None
 
     @property
     def server(self) -> str | None:
-        return self.task.server if self.task is not None else None
+        job = self.run.job if self.run is not None else None
+        return job.server if job is not None else None
 
     def cancel(self) -> bool:
         if self.done():
             return self.cancelled()
-        task = self.task
-        if task is not None and task.handle is None and not task.finished:
-            deadline = time.monotonic() + CANCEL_CREATED_WAIT
-            while task.handle is None and not task.finished and time.monotonic() < deadline:
-                time.sleep(0.001)
-        if task is None or task.handle is None or self.done():
-            return super().cancel() if task is None else self.cancelled()
-        if not self.executor._cancel_jobs([task]):
+        if self.run is not None and not self.run.cancel():
             return False
         return super().cancel()
 

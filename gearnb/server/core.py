@@ -62,9 +62,12 @@ class JobServer:
         handle_prefix: str | None = None,
         exceptions_default: bool = False,
         queue: Queue | None = None,
+        can_do_timeout_seconds: bool = False,
     ) -> None:
         self.timers = timers
         self.max_packet_size = max_packet_size
+        # CAN_DO_TIMEOUT in seconds, as the Perl Gearman::Server reads it and Perl workers send it.
+        self.can_do_timeout_seconds = can_do_timeout_seconds
         # gearmand 1.1.x: 0 means unlimited; N means a job whose worker died N times is failed.
         self.job_retries = job_retries
         self.exceptions_default = exceptions_default
@@ -299,7 +302,7 @@ class JobServer:
     def can_do_timeout(self, conn: Connection, args: Sequence[bytes]) -> None:
         function = self.function(args[0])
         try:
-            timeout = int(args[1])
+            timeout = float(args[1])  # Perl workers may send "1.5" (seconds)
         except ValueError:
             raise ProtocolError("CAN_DO_TIMEOUT: the timeout is not a number") from None
         worker = self._worker_of(conn)
@@ -307,8 +310,9 @@ class JobServer:
             self.wakeups.ability_added(worker, function)
         if timeout > 0:
             # Milliseconds, as gearmand >= 1.1.19, which also raises anything below 1 s to 1 s
-            # (0 or negative: no timeout).
-            worker.timeouts[function.name] = max(timeout, 1000)
+            # (0 or negative: no timeout); seconds for Perl worker fleets (see __init__).
+            worker.timeouts[function.name] = (int(timeout * 1000) if self.can_do_timeout_seconds
+                                               else max(int(timeout), 1000))
 
     def cant_do(self, conn: Connection, args: Sequence[bytes]) -> None:
         function = self.functions.get(args[0])

@@ -1,0 +1,142 @@
+"""Python calls as pyexec jobs: the one collaborator ``submit()`` and ``map()`` share.
+
+It owns the steps between a Python call and the Gearman layer, each done once here:
+encode and sign a chunk of calls (:meth:`PyexecCalls.job`), hand jobs to the client
+(:meth:`submit`, through ``Client.submit_many``), verify and decode an answer
+(:meth:`outcome`), print a task's output in the calling cell (:meth:`print_output`) and
+cancel queued jobs on their servers (:meth:`cancel`). Runs (:mod:`.runs`) decide what to
+do with outcomes; this module never retries anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..admin import Admin
+from ..client.submission import Submission
+from ..errors import JobFailed, ServerError
+from ..pyexec import envelope
+from ..pyexec.keys import NO_KEY_HELP, RefusedPayload, Signer
+
+if TYPE_CHECKING:
+    import contextvars
+
+    from ..client import Client
+    from ..pyexec.envelope import FunctionBlob
+    from .runs import Chunk
+
+log = logging.getLogger("gearnb.executor")
+
+# Cancelling a job needs its handle: wait this long for the JOB_CREATED of jobs submitted a
+# moment ago (a loaded job server answers within milliseconds; a dead one never does).
+CANCEL_CREATED_WAIT = 5.0
+CANCEL_POLL = 0.002
+ADMIN_TIMEOUT = 10.0  # seconds for a job server to answer the admin ``cancel job`` lines
+
+
+class PyexecCalls:
+    """Encodes, submits, decodes and cancels the pyexec jobs of one executor."""
+
+    def __init__(self, client: Client, signer: Signer | None, function: bytes, *, show_output: bool = True,
+                 ssl: Any = None) -> None:
+        self.client = client
+        self._signer = signer
+        self.function = function
+        self.show_output = show_output
+        self.ssl = ssl  # for the admin connections of cancel()
+
+    @property
+    def signer(self) -> Signer:
+        if self._signer is None:
+            raise ValueError(NO_KEY_HELP)
+        return self._signer
+
+    # -- out ------------------------------------------------------------------------------
+    def job(self, blob: FunctionBlob, chunk: Chunk, with_code: bool, priority: str,
+            listener: Callable[[Submission, int, Any], None]) -> Submission:
+        """The signed pyexec job of ``chunk``'s calls: a map chunk's argument columns, or one
+        call with keyword arguments."""
+        if chunk.kwargs is None:
+            parts = envelope.encode_map_chunk(blob, chunk.columns, with_code=with_code)
+        else:
+            args = tuple(column[0] for column in chunk.columns)
+            parts = envelope.encode_call_parts(blob, [(args, chunk.kwargs)], with_code=with_code, chunk=False)
+        payload = self.signer.sign_parts(self.function, parts)
+        return Submission(self.function, payload, priority=priority, listener=listener)
+
+    def submit(self, jobs: list[Submission]) -> None:
+        self.client.submit_many(jobs)
+
+    # -- back -----------------------------------------------------------------------------
+    def outcome(self, sub: Submission) -> tuple[list[Any], dict[int, BaseException]]:
+        """Values and per-call exceptions of an ended job; raises for the job as a whole
+        (:class:`envelope.NeedCode`, a refused payload, WORK_FAIL, the server's ERROR)."""
+        if sub.error is not None:
+            raise sub.error
+        if sub.successful:
+            payload = sub.result or b""
+        elif sub.exception_data is not None:
+            payload = sub.exception_data
+        else:
+            raise JobFailed("the job failed on the job server (WORK_FAIL): its worker died more times than "
+                            "the server's --job-retries allows, or it was cancelled")
+        try:
+            body = self.signer.verify(self.function, payload)
+        except RefusedPayload:
+            if not sub.successful:  # the worker's own refusal, in plain text
+                raise RefusedPayload(payload.decode(errors="replace")) from None
+            raise RefusedPayload("the worker's answer is not signed with this cluster's key; "
+                                 "is the worker started with the same GEARNB_KEY?") from None
+        msg = envelope.decode_result(body)
+        if msg.get("need_code"):
+            raise envelope.NeedCode()
+        if "fail" in msg:
+            raise envelope.rebuild_error(msg["fail"])
+        errors = {int(i): envelope.rebuild_error(r) for i, r in msg.get("e", {}).items()}
+        return msg["values"], errors
+
+    def print_output(self, context: contextvars.Context, stream: str, tag: str, data: bytes) -> None:
+        """A task's print() (stdout, WORK_DATA) or stderr (WORK_WARNING), marked with ``tag``.
+
+        Printed on the I/O thread but in the calling thread's context: ipykernel uses a
+        context variable to decide which cell output belongs to.
+        """
+        if self.show_output:
+            context.run(_print_marked, stream, tag, data)
+
+    # -- cancelling -----------------------------------------------------------------------
+    def cancel(self, jobs: list[Submission]) -> list[bool]:
+        """``cancel job`` each job not yet ended on its server; True where the server dropped
+        it (it had not started). Waits briefly for the handles of jobs just submitted."""
+        deadline = time.monotonic() + CANCEL_CREATED_WAIT
+        while any(sub.handle is None and not sub.finished for sub in jobs) and time.monotonic() < deadline:
+            time.sleep(CANCEL_POLL)
+        by_server: dict[str, list[int]] = {}
+        for i, sub in enumerate(jobs):
+            if sub.handle is not None and sub.server is not None and not sub.finished:
+                by_server.setdefault(sub.server, []).append(i)
+        dropped = [False] * len(jobs)
+        for server, indices in by_server.items():
+            try:
+                with Admin(server, timeout=ADMIN_TIMEOUT, ssl=self.ssl) as admin:
+                    answers = admin.cancel_many([jobs[i].handle or b"" for i in indices])
+            except (OSError, ServerError) as exc:
+                log.warning("could not cancel %d queued jobs on %s, which stay queued there: %s",
+                            len(indices), server, exc)
+                continue
+            for i, answer in zip(indices, answers):
+                dropped[i] = answer
+        return dropped
+
+
+def _print_marked(stream_name: str, tag: str, data: bytes) -> None:
+    stream = getattr(sys, stream_name)
+    text = data.decode(errors="replace")
+    lines = text.splitlines(keepends=True)
+    stream.write("".join(tag + line for line in lines))
+    if lines and not lines[-1].endswith("\n"):
+        stream.write("\n")
+    stream.flush()

@@ -1,0 +1,247 @@
+"""What ``submit()`` and ``map()`` share: a function's calls sent as chunks, and how a chunk's
+answer settles into values, errors and retries.
+
+A :class:`Chunk` is one pyexec job (one Gearman job): the calls of items ``indices``. A
+:class:`Run` owns the function (pickled once), sends its chunks through the executor's
+:class:`~gearnb.executor.calls.PyexecCalls`, and decides in :meth:`Run.settle` - the one
+place for it - what an ended chunk means: values, item errors to raise, items to retry
+(``retries``), the whole chunk to send again (the worker needs the function's code; a full
+server queue). Order of calls: ``Run.send(chunks)`` -> each chunk's job ends on the I/O thread
+-> ``Run.chunk_ended(chunk)`` -> ``Run.settle(chunk)`` on the thread that consumes the run:
+the thread iterating a map (:class:`~gearnb.executor.mapping.MapRun`, so decoding is the
+caller's CPU work), or the I/O thread itself for a ``submit()`` (:class:`CallRun`: no thread
+waits for it).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
+
+from ..client.submission import EV_DATA, EV_END, EV_STATUS, EV_WARNING, Submission
+from ..errors import ServerError
+from ..pyexec import envelope
+from ..pyexec.envelope import FunctionBlob
+from ..pyexec.keys import RefusedPayload
+
+if TYPE_CHECKING:
+    import concurrent.futures
+
+    from .calls import PyexecCalls
+
+SMALL_CODE = 8 * 1024  # bytes of pickled function that always travel with every chunk
+
+# A settled piece of a run: (first index, values of consecutive indices, {offset: exception}).
+Piece = tuple[int, list[Any], dict[int, BaseException]]
+
+
+class Chunk:
+    """One pyexec job of a run: the calls of the items at ``indices`` (a range, or a list for
+    a retry), their positional arguments as ``columns`` (one list per argument position) and,
+    for a single ``submit()`` call, its keyword arguments (``kwargs``; None for a map)."""
+
+    __slots__ = ("run", "indices", "columns", "kwargs", "attempts", "sub", "with_code")
+
+    def __init__(self, run: Run, indices: Sequence[int], columns: list[list[Any]],
+                 kwargs: dict[str, Any] | None = None) -> None:
+        self.run = run
+        self.indices = indices
+        self.columns = columns
+        self.kwargs = kwargs
+        self.attempts = 0
+        self.sub: Submission | None = None
+        self.with_code = False
+
+    def event(self, sub: Submission, event: int, argument: Any) -> None:
+        """The listener of this chunk's job (on the I/O thread)."""
+        if sub is not self.sub:
+            return  # a job this chunk sent earlier (before a resend)
+        run = self.run
+        if event == EV_END:
+            run.chunk_ended(self)
+        elif event == EV_DATA or event == EV_WARNING:
+            tag = f"[{run.label}{'' if run.single else f' #{self.indices[0]}'}] "
+            run.calls.print_output(run.context, "stdout" if event == EV_DATA else "stderr", tag, argument)
+        elif event == EV_STATUS and run.progress is not None:
+            run.progress.status(sub, *argument)
+
+
+class Settled(NamedTuple):
+    """What an ended chunk came to (see :meth:`Run.settle`)."""
+
+    pieces: list[Piece]  # items settled, with their values or errors
+    resend: list[Chunk]  # chunks to send again: items to retry, or the same chunk with its code
+    backlog: bool = False  # the server's queue was full: send this chunk again later
+
+
+def noted(exc: BaseException, index: int) -> BaseException:
+    """Say which item of the map failed (a note under the traceback, Python >= 3.11)."""
+    if hasattr(exc, "add_note") and not getattr(exc, "_gearnb_noted", False):
+        exc.add_note(f"(raised by item #{index} of the map)")
+        exc._gearnb_noted = True  # type: ignore[attr-defined]
+    return exc
+
+
+def _pieces(indices: Sequence[int], values: list[Any], errors: dict[int, BaseException],
+            skip: set[int]) -> list[Piece]:
+    """The settled items of a chunk as runs of consecutive indices (``skip``: positions retried)."""
+    if not errors and type(indices) is range and len(values) == len(indices):
+        return [(indices.start, values, {})]  # the usual case: the whole chunk, as it came
+    pieces: list[Piece] = []
+    for i, index in enumerate(indices):
+        if i in skip:
+            continue
+        if pieces and pieces[-1][0] + len(pieces[-1][1]) == index:
+            piece = pieces[-1]
+        else:
+            piece = (index, [], {})
+            pieces.append(piece)
+        if i in errors:
+            piece[2][len(piece[1])] = errors[i]
+            piece[1].append(None)
+        else:
+            piece[1].append(values[i] if i < len(values) else None)
+    return pieces
+
+
+class Run:
+    """One function's calls, sent as chunks; see the module docstring."""
+
+    single = False  # one call (submit): its output is tagged without an item number
+
+    def __init__(self, calls: PyexecCalls, fn: Callable[..., Any], *, retries: int = 0,
+                 priority: str = "normal", progress: Any = None, code_sends: int = 1) -> None:
+        self.calls = calls
+        self.blob = FunctionBlob(fn)
+        self.label = getattr(fn, "__name__", None) or type(fn).__name__
+        self.retries = retries
+        self.priority = priority
+        self.progress = progress
+        self.context = contextvars.copy_context()  # worker output goes to the calling cell
+        # The function's code goes with the first chunks, enough for each worker to see it
+        # once (a worker without it answers "need code" and the chunk makes a second trip);
+        # small code always goes along, which costs less than that trip.
+        self.code_sends_left = (1 << 62) if len(self.blob.code) <= SMALL_CODE else code_sends
+
+    def send(self, chunks: list[Chunk]) -> None:
+        """Encode, sign and submit ``chunks`` (in one hand-over to the I/O thread)."""
+        jobs = []
+        for chunk in chunks:
+            with_code = chunk.with_code or self.code_sends_left > 0
+            self.code_sends_left -= 1
+            chunk.sub = self.calls.job(self.blob, chunk, with_code, self.priority, chunk.event)
+            jobs.append(chunk.sub)
+        self.calls.submit(jobs)
+
+    def chunk_ended(self, chunk: Chunk) -> None:  # on the I/O thread
+        raise NotImplementedError
+
+    def settle(self, chunk: Chunk) -> Settled:
+        """Decode an ended chunk; say what is settled and what must be sent again."""
+        sub = chunk.sub
+        assert sub is not None
+        try:
+            values, errors = self.calls.outcome(sub)
+        except envelope.NeedCode:
+            chunk.with_code = True
+            return Settled([], [chunk])
+        except BaseException as exc:  # the whole chunk failed (job failed, refused, no server)
+            if isinstance(exc, ServerError) and exc.code == "QUEUE_ERROR":
+                return Settled([], [], backlog=True)
+            values, errors = [None] * len(chunk.indices), {i: exc for i in range(len(chunk.indices))}
+        retry = [i for i in sorted(errors) if chunk.attempts < self.retries and _retryable(errors[i])]
+        pieces = _pieces(chunk.indices, values, errors, set(retry))
+        if not retry:
+            return Settled(pieces, [])
+        again = Chunk(self, [chunk.indices[i] for i in retry], [[column[i] for i in retry] for column in chunk.columns],
+                      chunk.kwargs)
+        again.attempts = chunk.attempts + 1
+        return Settled(pieces, [again])
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Running it again cannot help a payload the worker refused or cannot read."""
+    return not isinstance(exc, (envelope.VersionMismatch, RefusedPayload))
+
+
+class CallRun(Run):
+    """One ``submit(fn, *args, **kwargs)``: a run of one chunk of one call, settled on the I/O
+    thread into its future."""
+
+    single = True
+
+    def __init__(self, calls: PyexecCalls, fn: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any], future: concurrent.futures.Future, *, retries: int = 0,
+                 priority: str = "normal") -> None:
+        super().__init__(calls, fn, retries=retries, priority=priority)
+        self.future = future
+        self.chunk = Chunk(self, range(1), [[arg] for arg in args], kwargs)
+        # cancel() and the I/O thread meet here: an end that arrives while a cancel is being
+        # tried waits for its answer (a cancelled job's WORK_FAIL must not fail the future).
+        self._lock = threading.Lock()
+        self._cancelling = False
+        self._ended_while_cancelling: Chunk | None = None
+
+    def start(self) -> None:
+        self.send([self.chunk])
+
+    @property
+    def job(self) -> Submission | None:
+        return self.chunk.sub
+
+    def chunk_ended(self, chunk: Chunk) -> None:  # on the I/O thread
+        with self._lock:
+            if self._cancelling:
+                self._ended_while_cancelling = chunk
+                return
+        self._settle_into_future(chunk)
+
+    def _settle_into_future(self, chunk: Chunk) -> None:
+        if self.future.done():
+            return
+        try:
+            settled = self.settle(chunk)
+        except BaseException as exc:  # noqa: BLE001 - delivered to the future
+            self.future.set_exception(exc)
+            return
+        if settled.resend:
+            self.chunk = settled.resend[0]
+            self.send(settled.resend)
+            return
+        if settled.backlog:  # a full queue fails a single call at once
+            assert chunk.sub is not None and chunk.sub.error is not None
+            self.future.set_exception(chunk.sub.error)
+            return
+        (_, values, errors), = settled.pieces
+        if errors:
+            self.future.set_exception(errors[0])
+        else:
+            self.future.set_result(values[0])
+
+    def cancel(self) -> bool:
+        """Drop the call's job from its server's queue if no worker took it yet."""
+        return cancel_calls([self])[0]
+
+
+def cancel_calls(runs: list[CallRun]) -> list[bool]:
+    """Cancel the queued jobs of several submit() calls together (one admin round trip per
+    job server); True for each whose job was dropped before a worker took it."""
+    for run in runs:
+        with run._lock:
+            run._cancelling = True
+    dropped = [False] * len(runs)
+    try:
+        live = [i for i, run in enumerate(runs) if run.chunk.sub is not None and not run.chunk.sub.finished]
+        if live:
+            answers = runs[0].calls.cancel([runs[i].chunk.sub for i in live])  # type: ignore[misc]
+            for i, answer in zip(live, answers):
+                dropped[i] = answer
+    finally:
+        for i, run in enumerate(runs):
+            with run._lock:
+                run._cancelling = False
+                ended, run._ended_while_cancelling = run._ended_while_cancelling, None
+            if ended is not None and not dropped[i]:  # it ended meanwhile, for real: settle it
+                run._settle_into_future(ended)
+    return dropped
