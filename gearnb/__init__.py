@@ -16,6 +16,7 @@ from .client import AsyncClient, Client, JobHandle, JobStatus, Task, TaskSet
 from .errors import GearmanError, JobException, JobFailed, NoJobServers, ProtocolError, ServerError, WorkException
 from .executor import Executor, GearnbFuture
 from .pyexec import RefusedPayload, RemoteError, VersionMismatch
+from .visual import trace
 from .worker import Job, Worker
 
 __all__ = [
@@ -23,7 +24,7 @@ __all__ = [
     "JobFailed", "JobHandle", "JobStatus", "NoJobServers", "ProtocolError", "RefusedPayload", "RemoteError", "ServerError",
     "Task", "TaskSet", "VersionMismatch", "WorkException", "Worker", "__version__", "as_completed", "call",
     "connect", "default_executor", "imap", "imap_unordered", "local", "map", "report", "shutdown", "submit",
-    "wait",
+    "trace", "wait",
 ]
 
 # The "gearnb" joblib backend (gearnb/joblib.py), registered once joblib is imported: importing

@@ -32,10 +32,18 @@ class WorkerInfo(NamedTuple):
 
 
 class JobInfo(NamedTuple):
+    """One line of ``show jobs``: HANDLE, RETRIES, IGNORE_JOB, JOB_QUEUED.
+
+    ``background`` is the JOB_QUEUED column: gearmand's job_queued flag, set when a job was
+    handed to its persistent queue, which every background job is, running or not, and no
+    foreground job is. It does not say whether a job is waiting or running: ``status`` counts
+    the running jobs per function, and GET_STATUS (``Client.status``) tells it per job.
+    """
+
     handle: str
     retries: int
-    ignored: bool
-    queued: bool
+    ignored: bool      # gearmand: its clients left; it will not run (gearnb drops such jobs)
+    background: bool
 
 
 class Admin:
@@ -126,8 +134,8 @@ class Admin:
     def show_jobs(self) -> list[JobInfo]:
         out = []
         for line in self.list_command("show jobs"):
-            handle, retries, ignored, queued = line.split("\t")
-            out.append(JobInfo(handle, int(retries), ignored == "1", queued == "1"))
+            handle, retries, ignored, background = line.split("\t")
+            out.append(JobInfo(handle, int(retries), ignored == "1", background == "1"))
         return out
 
     def show_unique_jobs(self) -> list[str]:

@@ -11,7 +11,10 @@ Two layers, both against real processes (no mocks):
   rendered panel must be there (no "Loading widget..." / "Error displaying widget") and must
   end at N/N done with a full success bar; a generated notebook with a slower map checks that
   the bar is seen at several partial widths while its cell runs, and a red bar for a failing
-  map. Screenshots are kept in tests/artifacts/ (git-ignored; the paths are printed).
+  map. Screenshots are kept in tests/artifacts/ (git-ignored; the paths are printed);
+* JupyterLab - notebooks/02-calculus.ipynb run the same way in JupyterLab (same server,
+  ``/lab``): its packet traces must be drawn as sequence diagrams and its live picture of the
+  job server as a widget, and are photographed (tests/artifacts/calculus-lab*.png).
 
 Each layer runs on both ipykernel major versions: the one the notebook extra installed runs
 from this interpreter, the other from a venv built here that sees this interpreter's
@@ -39,7 +42,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -438,9 +441,18 @@ def _generated_notebook(tmp_path: Path, cells: list[str]) -> Path:
     return path
 
 
+# Where each front end opens a notebook.
+UI_PATHS = {"notebook": "notebooks/{name}", "lab": "lab/tree/{name}"}
+
+
 def _run_all_in_browser(browser: Any, server: JupyterServer, source: Path, kernel_name: str,
-                        display_name: str, shot: str) -> dict[str, Any]:
-    """Open a notebook in Notebook 7, Run All Cells, sample the page until the kernel is done.
+                        display_name: str, shot: str, *, ui: str = "notebook",
+                        watch: Callable[[Any, dict[str, Any]], None] | None = None,
+                        inspect: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """Open a notebook in Notebook 7 (``ui="notebook"``) or JupyterLab (``"lab"``), Run All
+    Cells, sample the page until the kernel is done; ``watch(page, state)`` is called with
+    each sample (to catch a moment on a screenshot), ``inspect(page)`` once at the end, its
+    result kept as ``state["inspected"]``.
 
     Returns the final page state, the distinct panel states seen on the way (``samples``) and
     the screenshot paths. The session is deleted at the end, which stops the kernel.
@@ -458,7 +470,7 @@ def _run_all_in_browser(browser: Any, server: JupyterServer, source: Path, kerne
         path.unlink(missing_ok=True)
     samples: list[list[tuple[float | None, str]]] = []
     try:
-        page.goto(server.url(f"notebooks/{name}?token={server.token}"), timeout=60_000)
+        page.goto(server.url(UI_PATHS[ui].format(name=name) + f"?token={server.token}"), timeout=60_000)
         page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=60_000)
         # Wait until the page shows our kernel, idle, with no dialog, for a moment. Notebook 7
         # sometimes asks for a kernel even for a notebook with a running session ("Select
@@ -501,6 +513,8 @@ def _run_all_in_browser(browser: Any, server: JupyterServer, source: Path, kerne
                     time.sleep(1)
                     run_all()
                 continue
+            if watch is not None:
+                watch(page, state)
             panels = [(p["width"], p["classes"]) for p in state["panels"]]
             if not samples or samples[-1] != panels:
                 samples.append(panels)
@@ -525,6 +539,7 @@ def _run_all_in_browser(browser: Any, server: JupyterServer, source: Path, kerne
         for path in shots.values():
             if path.exists():
                 print(f"screenshot: {path}")
+        state["inspected"] = inspect(page) if inspect is not None else None
         state["samples"] = samples
         state["code_cells"] = code_cells
         state["shots"] = shots
@@ -598,3 +613,120 @@ def test_live_panel_in_the_browser(major: int, kernels: KernelSpecs, jupyter: Ju
     assert len(partial) >= 3, f"the bar was not seen moving: {state['samples']}"
     assert "progress-bar-danger" in boom["classes"] and "failed" in boom["text"], boom
     assert "remote ValueError caught" in state["text"]
+
+
+# -- JupyterLab: the calculus notebook's pictures --------------------------------------------
+
+CALCULUS = REPO / "notebooks" / "02-calculus.ipynb"
+# JupyterLab user settings (in the server's own settings dir): every cell rendered, none
+# windowed out of the page, so the pictures far down are read and photographed from the DOM;
+# no "get Jupyter news?" toast over the screenshots (and no request to the news feed).
+LAB_SETTINGS = {
+    ("@jupyterlab", "notebook-extension", "tracker.jupyterlab-settings"): {"windowingMode": "none"},
+    ("@jupyterlab", "apputils-extension", "notification.jupyterlab-settings"): {"fetchNews": "false"},
+}
+# The packets the issue asks the first diagram to show (notebooks/_build/calculus.py).
+PULL_MODEL = ("CAN_DO", "GRAB_JOB_UNIQ", "NO_JOB", "PRE_SLEEP", "SUBMIT_JOB", "JOB_CREATED", "NOOP",
+              "JOB_ASSIGN_UNIQ", "WORK_STATUS", "WORK_COMPLETE")
+
+# The sequence diagrams and live pictures in the page, with the size they are drawn at.
+PICTURES_JS = """() => {
+  const size = el => { const r = el.getBoundingClientRect(); return [r.width, r.height]; };
+  // What a text element shows: its own text nodes, not its <title> tooltip.
+  const texts = (svg, cls) => [...svg.querySelectorAll('text.' + cls)].map(
+    t => [...t.childNodes].filter(n => n.nodeType === Node.TEXT_NODE).map(n => n.textContent).join(''));
+  return {
+    stderr: document.querySelectorAll('.jp-Notebook [data-mime-type="application/vnd.jupyter.stderr"]').length,
+    diagrams: [...document.querySelectorAll('.jp-Notebook svg[aria-label^="Gearman sequence diagram"]')].map(svg => (
+      {size: size(svg), packets: texts(svg, 'packet'), lanes: texts(svg, 'lane-title')})),
+    live: [...document.querySelectorAll('.jp-Notebook .gearnb-live')].map(view => {
+      const svg = view.querySelector('svg[aria-label^="Gearman job server"]');
+      return {size: svg ? size(svg) : [0, 0], status: (view.firstElementChild || view).textContent,
+              running: svg ? texts(svg, 'running-job') : [], high: svg ? svg.querySelectorAll('rect.job.high').length : 0,
+              text: svg ? svg.textContent : ''};
+    }),
+  };
+}"""
+
+
+def test_calculus_pictures_in_jupyterlab(kernels: KernelSpecs, jupyter: JupyterServer, browser: Any) -> None:
+    """notebooks/02-calculus.ipynb, Run All in JupyterLab: its sequence diagrams and its live
+    picture of the job server must be drawn (SVG in the page, not "Loading widget..."), with
+    the pull model's packets in the first diagram. Screenshots (tests/artifacts/, printed):
+    calculus-lab-sequence.png (the first diagram, whole), calculus-lab-live.png (the live
+    picture after the run), calculus-lab-live-background.png and -overtaking.png (the live
+    picture while the background countdown runs, and while a high job waits ahead of normal
+    ones: taken when the page shows those moments), calculus-lab.png (the page at the end)."""
+    _require(CALCULUS.exists(), f"{CALCULUS} is missing")
+    major = int(_ipykernel_version(sys.executable).split(".")[0])
+    for parts, values in LAB_SETTINGS.items():
+        settings = jupyter.root.parent / "lab-settings" / Path(*parts)
+        settings.parent.mkdir(parents=True, exist_ok=True)
+        settings.write_text(json.dumps(values))
+    moments = {"background": ARTIFACTS / "calculus-lab-live-background.png",
+               "overtaking": ARTIFACTS / "calculus-lab-live-overtaking.png"}
+    for path in moments.values():
+        path.unlink(missing_ok=True)
+
+    def watch(page: Any, state: dict[str, Any]) -> None:
+        views = [v for v in page.evaluate(PICTURES_JS)["live"] if v["size"][1] > 0]
+        if not views:
+            return
+        last = views[-1]  # every view shows the same widget; the last is in the running cell
+        running = " ".join(last["running"])
+        caught = None
+        if "countdown" in running and "background" in running and re.search(r"\b[1-9]\d?/20\b", last["text"]):
+            caught = "background"
+        elif " step " in running and last["high"] >= 1:
+            caught = "overtaking"
+        if caught and not moments[caught].exists():
+            with contextlib.suppress(Exception):
+                page.locator(".jp-Notebook .gearnb-live").nth(len(views) - 1).screenshot(
+                    path=str(moments[caught]), timeout=5_000)
+
+    state = _run_all_in_browser(browser, jupyter, CALCULUS, kernels.name(major), kernels.display_name(major),
+                                "calculus-lab", ui="lab", watch=watch, inspect=_photograph_pictures)
+    shots = state["shots"]
+    assert all(re.fullmatch(r"\[\d+\]:", p) for p in state["prompts"]), f"not every cell ran: {state['prompts']}"
+    assert len(state["prompts"]) == state["code_cells"], state["prompts"]
+    errors = [e for e in PANEL_WIDGET_ERRORS if e in state["text"]]
+    assert not errors, f"widget not rendered: {errors}; screenshot {shots['final']}"
+    pictures = state["inspected"]
+    assert pictures["stderr"] == 0, f"a cell wrote to stderr (raised?); screenshot {shots['final']}"
+    # The packets are rendered: the first diagram draws the pull model, lanes and all.
+    diagrams = pictures["diagrams"]
+    assert len(diagrams) == 4, [d["lanes"] for d in diagrams]  # one job; the TaskSet; background; C
+    first = diagrams[0]
+    assert first["lanes"] == ["client 1", "job server", "worker calc-addition"], first["lanes"]
+    assert all(name in first["packets"] for name in PULL_MODEL), first["packets"]
+    assert first["size"][0] > 400 and first["size"][1] > 20 * len(first["packets"]), first["size"]
+    assert "WORK_EXCEPTION" in diagrams[1]["packets"]  # 1/0
+    assert "GRAB_JOB_ALL" in diagrams[3]["packets"]  # the C worker
+    # The live picture is drawn in each cell that shows it, and stopped at the end.
+    live = pictures["live"]
+    assert len(live) == 4, [v["status"] for v in live]
+    for view in live:
+        assert view["size"][0] > 400 and view["size"][1] > 200, view["size"]
+        assert "stopped" in view["status"], view["status"]
+        assert "stepper" in view["text"] and "started, in order" in view["text"], view["text"][:300]
+    for path in [*pictures["shots"].values(), *moments.values()]:
+        if path.exists():
+            print(f"screenshot: {path}")
+    assert pictures["shots"]["sequence"].stat().st_size > 10_000 and pictures["shots"]["live"].stat().st_size > 10_000
+
+
+def _photograph_pictures(page: Any) -> dict[str, Any]:
+    """What PICTURES_JS reads, and screenshots of the first diagram (whole: its scroll box
+    opened up) and of the last live picture."""
+    shots = {"sequence": ARTIFACTS / "calculus-lab-sequence.png", "live": ARTIFACTS / "calculus-lab-live.png"}
+    pictures = page.evaluate(PICTURES_JS)
+    diagram = page.locator('.jp-Notebook svg[aria-label^="Gearman sequence diagram"]').first
+    diagram.evaluate("svg => { svg.parentElement.style.maxHeight = 'none'; }")  # its scroll box
+    live = page.locator(".jp-Notebook .gearnb-live").last
+    # A window tall enough for either picture whole: the notebook scrolls inside the page.
+    tallest = max(diagram.bounding_box()["height"], live.bounding_box()["height"])
+    page.set_viewport_size({"width": 1280, "height": int(tallest) + 400})
+    diagram.screenshot(path=str(shots["sequence"]))
+    live.screenshot(path=str(shots["live"]))
+    pictures["shots"] = shots
+    return pictures

@@ -259,7 +259,7 @@ def test_cli_client_without_worker_times_out(server):
         jobs = admin.show_jobs()
     if server.kind == "gearmand":
         # The tool's connection is gone, so gearmand marks the job ignored, yet still counts it.
-        assert row.total == 1 and [(j.ignored, j.queued) for j in jobs] == [(True, False)]
+        assert row.total == 1 and [(j.ignored, j.background) for j in jobs] == [(True, False)]
     else:
         # The gearnb server drops a foreground job whose last client left.
         assert row.total == 0 and jobs == []

@@ -48,6 +48,18 @@ def test_notebook_runs_top_to_bottom(path):
     errors = [o for c in code_cells for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
     print(f"{path.name}: {len(code_cells)} cells in {elapsed:.1f} s")
+    shown = [o.get("data", {}) for c in code_cells for o in c.outputs]
+    svgs = [d["image/svg+xml"] for d in shown if "image/svg+xml" in d]
     if path.name.startswith("01-"):
         # The live progress panel is an ipywidgets view in a kernel, not a text line.
-        assert any(WIDGET_VIEW in o.get("data", {}) for c in code_cells for o in c.outputs)
+        assert any(WIDGET_VIEW in d for d in shown)
+    if path.name.startswith("02-"):
+        # Taught with pictures: four packet traces drawn as sequence diagrams, the live picture
+        # of the job server shown in four cells, and still pictures of it.
+        assert sum('aria-label="Gearman sequence diagram' in s for s in svgs) == 4, len(svgs)
+        assert sum(WIDGET_VIEW in d for d in shown) == 4
+        assert sum('aria-label="Gearman job server' in s for s in svgs) == 3
+    if path.name.startswith("03-"):
+        # It ends with the task stream of its sweep: a picture and a matplotlib figure.
+        assert sum('aria-label="task stream"' in s for s in svgs) == 1
+        assert "image/png" in shown[-1] and "task stream" in shown[-2].get("text/plain", "")

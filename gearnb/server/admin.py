@@ -56,6 +56,7 @@ class AdminCommands:
             "cancel": self.cancel,
             "create": self.create,
             "drop": self.drop,
+            "trace": self.trace,
         }
 
     def handle_line(self, conn: Connection, line: str) -> None:
@@ -164,6 +165,12 @@ class AdminCommands:
             return incomplete("create")
         self.server.function(words[2].encode())
         return b"OK\r\n"
+
+    def trace(self, conn: Connection, words: list[str]) -> bytes:
+        """``trace`` (gearnb only): stream every packet the server sees to this connection."""
+        from ..visual.recorder import stream_command
+
+        return stream_command(self.server, conn, words)
 
     def drop(self, conn: Connection, words: list[str]) -> bytes:
         """``drop function F`` (F matched case-insensitively, as gearmand does)."""

@@ -142,6 +142,8 @@ class Connection(asyncio.BufferedProtocol):
         """Write what is queued, in one write call."""
         out = self.out
         if out and self.transport is not None and not self.closed:
+            if self.server.tracer is not None:  # gearnb.visual.trace records what leaves
+                self.server.tracer.sent(self, out)
             if len(out) == 1:
                 self.transport.write(out[0])
             elif self.out_bytes >= BIG_PACKET and any(len(part) >= BIG_PACKET for part in out):

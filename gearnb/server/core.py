@@ -35,6 +35,7 @@ from .outbox import Outbox
 from .workers import AWAKE, Timers, Wakeups, WorkerRecord
 
 if TYPE_CHECKING:
+    from ..visual.recorder import TraceHub
     from .connections import Connection
     from .persistence import Queue
 
@@ -83,6 +84,9 @@ class JobServer:
         self.read_buffer = memoryview(bytearray(RECV_BUFFER))
         self.started = time.time()
         self.admin = AdminCommands(self)
+        # gearnb.visual.trace's recorder while someone traces; checked once per read, per write
+        # (Connection.write_out) and per closed connection, never per packet.
+        self.tracer: TraceHub | None = None
         self.handlers: dict[int, Handler] = {
             PT.CAN_DO: self.can_do,
             PT.CANT_DO: self.cant_do,
@@ -115,6 +119,8 @@ class JobServer:
     def received(self, conn: Connection, items: list[tuple[int, Any]]) -> None:
         """Run the handler of each ``(type, args)`` decoded from one read, in order (an admin
         line is ``(ADMIN_LINE, text)``)."""
+        if self.tracer is not None:
+            self.tracer.received(conn, items)
         handlers = self.handlers
         for ptype, args in items:
             if conn.closed:
@@ -133,6 +139,8 @@ class JobServer:
         self.outbox.flush_soon()
 
     def connection_lost(self, conn: Connection) -> None:
+        if self.tracer is not None:  # before the requeues and wake-ups it causes
+            self.tracer.closed(conn)
         self.connections.pop(conn, None)
         worker = conn.worker
         if worker is not None:
