@@ -1,0 +1,147 @@
+"""Trust (issue 15): a signed call runs once and is answered only by its own result; keys and
+key files; the sqlite queue file; worker text.
+
+Against real peers: the gearnb server and gearmand (``server_address`` runs a test on both),
+``gearnb worker`` processes, the ``gearnb`` command, keyless clients and workers, and a hostile
+job server written here (asyncio, gearnb's codec). Each test below failed on the main branch
+before this work (the docstrings say how), except the last, which pins a limit kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import cloudpickle
+import pytest
+
+import gearnb
+from gearnb import RefusedPayload
+from gearnb.protocol import REQ, Decoder, PacketType, response
+from gearnb.pyexec import envelope
+from gearnb.pyexec.keys import load_key
+from peers import GearmandProcess, WorkerProcesses, free_port, wait_port, wait_until, worker_thread
+
+KEY = b"T" * 32
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
+P = PacketType
+
+
+def append_line(path: str, line: str = "ran") -> str:
+    with open(path, "a") as f:
+        f.write(line + "\n")
+    return "done"
+
+
+def check(password: str) -> bool:
+    return password == "s3cret"
+
+
+def gearnb_cli(*args: str, **options) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("GEARNB_KEY", "GEARNB_KEY_FILE")}
+    env.update(options.pop("env", {}))
+    return subprocess.run([sys.executable, "-B", "-m", "gearnb", *args], capture_output=True, text=True,
+                          timeout=options.pop("timeout", 60), env=env, **options)
+
+
+# -- row 8: the sqlite queue file ------------------------------------------------------------------
+def _queue_server(path, log_path, umask: int | None = None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "gearnb", "server", "--port", str(port), "--queue", f"sqlite:{path}"],
+                            stderr=log, preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
+    log.close()
+    try:
+        wait_port(port)
+    except RuntimeError:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"the server did not start: {open(log_path).read()}") from None
+    return proc, f"127.0.0.1:{port}"
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    proc.send_signal(sig)
+    proc.wait(30)
+
+
+GOOD_ROWS = [(b"g1", b"good", 1, b"one", 0), (b"g2", b"good", 0, b"two", 0), (b"u\xff", b"good", 2, b"three", 0)]
+BAD_ROWS = [
+    (b"b1", b"good", 7, b"bad-priority-7", 0, "priority 7 is not 0 (high), 1 (normal) or 2 (low)"),
+    (b"b2", b"good", "abc", b"bad-priority-abc", 0, "priority b'abc' is not 0 (high)"),
+    (b"b3", b"", 1, b"bad-empty-function", 0, "the function name is empty"),
+    # as gearmand 1.1.20 stores a 64-byte unique: 63 bytes and a NUL
+    (b"u" * 63 + b"\0", b"good", 1, b"bad-long-unique", 0, "the unique is 64 bytes, more than the 63"),
+    (b"b5", b"good", 1, b"bad-when", "abc", "when_to_run b'abc' is not a time"),
+]
+
+
+def test_bad_sqlite_rows_are_logged_and_skipped(tmp_path):
+    """gearmand's table with good rows (one with a unique that is not UTF-8) and bad ones: the
+    server starts, runs the good jobs, logs each bad row with its reason and leaves it in the
+    file (main: the server could not start)."""
+    path = tmp_path / "queue.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE gearman_queue (unique_key TEXT, function_name TEXT, priority INTEGER, "
+                   "data BLOB, when_to_run INTEGER, PRIMARY KEY (unique_key, function_name))")
+        for unique, function, priority, data, when, *_ in GOOD_ROWS + BAD_ROWS:
+            db.execute("INSERT INTO gearman_queue VALUES (CAST(? AS TEXT), CAST(? AS TEXT), ?, ?, ?)",
+                       (unique, function, priority, data, when))
+    proc, address = _queue_server(path, tmp_path / "server.log")
+    try:
+        with gearnb.Admin(address) as admin:
+            assert {s.function: s.total for s in admin.status()} == {"good": 3}
+        ran = []
+        with worker_thread(address, {"good": lambda job: ran.append((job.unique, job.data)) or b""}):
+            wait_until(lambda: len(ran) == 3, timeout=30)
+        assert sorted(ran) == [(b"g1", b"one"), (b"g2", b"two"), (b"u\xff", b"three")]
+        with sqlite3.connect(path) as db:
+            wait_until(lambda: db.execute("SELECT COUNT(*) FROM gearman_queue").fetchone()[0] == len(BAD_ROWS))
+    finally:
+        _stop(proc)
+    log = (tmp_path / "server.log").read_text()
+    for *_, reason in BAD_ROWS:
+        assert reason in log, (reason, log)
+    assert f"{len(BAD_ROWS)} rows skipped" in log
+
+
+def test_the_queue_file_is_0600_and_moves_to_gearmand_with_any_unique(tmp_path):
+    """Created 0600 whatever the umask, its -wal and -shm files too (main: 0644, 0666 with
+    umask 0); a unique that is not UTF-8 is stored as gearmand stores it, and gearmand runs
+    the job (main: it could not be stored)."""
+    path = tmp_path / "queue.db"
+    proc, address = _queue_server(path, tmp_path / "server.log", umask=0)
+    with gearnb.Client(address) as client:
+        client.do_background("moving", b"payload", unique=b"u\xff\xfe")
+        client.do_background("moving", b"second")
+    for name in ("queue.db", "queue.db-wal", "queue.db-shm"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600, name
+    _stop(proc, signal.SIGKILL)
+    gearmand = GearmandProcess("-q", "libsqlite3", "--libsqlite3-db", str(path)).start()
+    try:
+        ran = []
+        with worker_thread(gearmand.address, {"moving": lambda job: ran.append((job.unique, job.data)) or b""}):
+            wait_until(lambda: len(ran) == 2, timeout=30)
+        assert (b"u\xff\xfe", b"payload") in ran
+    finally:
+        gearmand.stop()
+
+
+def test_a_unique_longer_than_gearmands_is_refused_at_submit(server_address, kind):
+    """The gearnb server refuses a unique of 64 bytes or more (gearmand 1.1.20 takes 64 bytes,
+    keeps 63 and hands the job out with a NUL in front of its data); both refuse 65."""
+    with gearnb.Client(server_address) as client:
+        client.do_background("f", b"x", unique="u" * 63)
+        for size in (64, 65) if kind == "gearnb" else (65,):
+            with pytest.raises(gearnb.ServerError, match="ARGUMENT_TOO_LARGE"):
+                client.do_background("f", b"x", unique="u" * size)
