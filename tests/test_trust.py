@@ -54,6 +54,62 @@ def gearnb_cli(*args: str, **options) -> subprocess.CompletedProcess:
                           timeout=options.pop("timeout", 60), env=env, **options)
 
 
+# -- row 9: worker text is data --------------------------------------------------------------------
+def test_worker_text_is_shown_not_obeyed():
+    from gearnb.worker_text import neutralise, shown
+
+    assert neutralise("plain\ttabs\nand lines\n") == "plain\ttabs\nand lines\n"
+    assert neutralise("\x1b[2J\x1b[31mred\x1b[0m") == "\\x1b[2J\\x1b[31mred\\x1b[0m"
+    assert neutralise("win\r\nline\rover") == "win\nline\\rover"
+    assert neutralise("\x00\x7f\x9b\u202etxt.exe\u2066") == "\\x00\\x7f\\x9b\\u202etxt.exe\\u2066"
+    assert shown(b"caf\xc3\xa9 \xff\x1b") == "caf\u00e9 \ufffd\\x1b"
+
+
+def test_worker_output_and_exceptions_reach_the_cell_neutralised(capsys):
+    """Through a real worker process: print() and stderr with escapes, an exception whose text
+    has escapes, and one whose ``__str__`` raises (main: the worker's internal traceback came
+    back as an unsigned refusal)."""
+    from gearnb.server import Server
+
+    with Server("127.0.0.1", 0) as server, WorkerProcesses(server.address, processes=1, key=KEY):
+        ex = gearnb.Executor(server.address, key=KEY)
+
+        def noisy():
+            print("\x1b[2J\x1b[31mFAKE\x1b[0m\ttab")
+            print("\u202eevil\r\nnext", file=sys.stderr)
+            return 1
+
+        assert ex.submit(noisy).result(30) == 1
+
+        class Loud(Exception):
+            pass
+
+        def loud():
+            raise Loud("\x1b[2Jboom")
+
+        with pytest.raises(Loud) as info:
+            ex.submit(loud).result(30)
+        assert str(info.value) == "\\x1b[2Jboom" and "\x1b" not in str(info.value.__cause__)
+
+        class Mute(Exception):
+            def __str__(self):
+                raise RuntimeError("no text")
+
+        def mute():
+            raise Mute()
+
+        with pytest.raises(gearnb.RemoteError) as info:
+            ex.submit(mute).result(30)
+        assert "Mute" in info.value.type_name
+        assert info.value.message == "<str() of this Mute raised RuntimeError: no text>"
+        assert "in mute" in info.value.__cause__.tb and "runner.py" not in info.value.__cause__.tb
+        ex.shutdown()
+    captured = capsys.readouterr()
+    assert "[noisy] \\x1b[2J\\x1b[31mFAKE\\x1b[0m\ttab\n" in captured.out
+    assert "[noisy] \\u202eevil\n[noisy] next\n" in captured.err
+    assert "\x1b" not in captured.out + captured.err and "\u202e" not in captured.err
+
+
 # -- row 8: the sqlite queue file ------------------------------------------------------------------
 def _queue_server(path, log_path, umask: int | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()

@@ -20,6 +20,7 @@ from ..client.submission import Submission
 from ..errors import JobFailed, ServerError
 from ..pyexec import envelope
 from ..pyexec.keys import NO_KEY_HELP, RefusedPayload, Signer
+from ..worker_text import shown
 
 if TYPE_CHECKING:
     import contextvars
@@ -134,7 +135,7 @@ class PyexecCalls:
 
 def _print_marked(stream_name: str, tag: str, data: bytes) -> None:
     stream = getattr(sys, stream_name)
-    text = data.decode(errors="replace")
+    text = shown(data)  # worker text is data: no control sequences reach the cell
     lines = text.splitlines(keepends=True)
     stream.write("".join(tag + line for line in lines))
     if lines and not lines[-1].endswith("\n"):
