@@ -54,6 +54,152 @@ def gearnb_cli(*args: str, **options) -> subprocess.CompletedProcess:
                           timeout=options.pop("timeout", 60), env=env, **options)
 
 
+# -- rows 1 and 2: replays and kept results -----------------------------------------------------
+def test_a_keyless_replayer_is_refused_and_the_call_runs_once(server_address, kind, tmp_path):
+    """A payload captured off the wire and submitted again by a plain Client without the key
+    is refused, saying why, and the side effect ran once (main: it ran 4 times, each replay
+    got a signed result). A stale and a far-future call are refused too; a retry (a new
+    call) and an epoch call signed with a validity that covers its wait both run."""
+    log = tmp_path / "ran"
+    with WorkerProcesses(server_address, processes=1, key=KEY):
+        ex = gearnb.Executor(server_address, key=KEY, show_output=False)
+        future = ex.submit(append_line, str(log))
+        assert future.result(30) == "done"
+        captured = future.run.job.data  # what crossed the network, in clear
+        with gearnb.Client(server_address) as thief:  # no key
+            for _ in range(3):
+                with pytest.raises(gearnb.JobException, match="ran on this worker before.*a replayed payload"):
+                    thief.do("pyexec", captured, timeout=30)
+            assert log.read_text() == "ran\n"
+
+            from gearnb.pyexec.signing import Signer
+
+            signer = Signer(KEY)
+            body = envelope.encode_call(envelope.FunctionBlob(append_line), [((str(log), "late"), {})],
+                                        with_code=True, chunk=False)
+            stale = signer.sign_call(b"pyexec", [body], created=time.time() - 25 * 3600)[0]
+            with pytest.raises(gearnb.JobException, match=r"stale: made 25\.0 h ago, valid for 24\.0 h"):
+                thief.do("pyexec", stale, timeout=30)
+            ahead = signer.sign_call(b"pyexec", [body], created=time.time() + 3600)[0]
+            with pytest.raises(gearnb.JobException, match="in the future by the caller's clock"):
+                thief.do("pyexec", ahead, timeout=30)
+            assert log.read_text() == "ran\n"
+
+            # an epoch job: signed now with a validity that covers its wait, runs when due
+            def call_of(line):
+                return envelope.encode_call(envelope.FunctionBlob(append_line), [((str(log), line), {})],
+                                            with_code=True, chunk=False)
+
+            due_at = time.time() + 2
+            thief.do_background("pyexec", signer.sign_call(b"pyexec", [call_of("due")], ttl=3600)[0], when=due_at)
+            if kind == "gearmand":  # gearmand 1.1.20 wakes no sleeping worker for a due epoch job (#343)
+                time.sleep(max(0.0, due_at + 0.5 - time.time()))
+                thief.do_background("pyexec", signer.sign_call(b"pyexec", [call_of("wake")])[0])
+            wait_until(lambda: "due" in log.read_text(), timeout=30)
+
+        # a retry is a new call: the same worker runs it (the first attempt failed)
+        flaky_log = tmp_path / "flaky"
+
+        def flaky(path):
+            runs = append_line(path) and open(path).read().count("\n")
+            if runs == 1:
+                raise RuntimeError("first attempt fails")
+            return runs
+
+        assert ex.submit(flaky, str(flaky_log), retries=1).result(30) == 2
+        ex.shutdown()
+    assert sorted(log.read_text().split()) == sorted(["ran", "due"] + (["wake"] if kind == "gearmand" else []))
+
+
+def test_a_keyless_rogue_worker_answering_with_a_kept_result_is_refused(server_address):
+    """A worker without the key takes a call (its arguments are readable) and answers with a
+    correctly signed result kept from an earlier call: the caller refuses it (main:
+    ``check("hunter2")`` returned True)."""
+    with WorkerProcesses(server_address, processes=1, key=KEY):
+        ex = gearnb.Executor(server_address, key=KEY, show_output=False)
+        first = ex.submit(check, "s3cret")
+        assert first.result(30) is True
+        kept = first.run.job.result
+    taken = []
+
+    def rogue(job):
+        taken.append(job.data)
+        return kept
+
+    with worker_thread(server_address, {"pyexec": rogue}):
+        with pytest.raises(RefusedPayload, match="not the result of this call.*rogue worker or job server"):
+            ex.submit(check, "hunter2").result(30)
+        ex.shutdown()
+    assert len(taken) == 1 and b"hunter2" in taken[0]
+
+
+class HostileJobServer:
+    """A job server written here (asyncio on a thread, gearnb's codec) that answers every
+    submitted job with what it was given: WORK_DATA, then WORK_COMPLETE or WORK_EXCEPTION."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[int, bytes]] = []  # (packet type, data), one per job, in order
+        self.work_data = b""
+        self.jobs = 0
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = Decoder(REQ)
+        while data := await reader.read(65536):
+            for packet in decoder.feed(data):
+                if packet.type == P.OPTION_REQ:
+                    writer.write(response(P.OPTION_RES, packet.args[0]))
+                elif packet.type == P.ECHO_REQ:
+                    writer.write(response(P.ECHO_RES, packet.args[0]))
+                elif packet.type in (P.SUBMIT_JOB, P.SUBMIT_JOB_HIGH, P.SUBMIT_JOB_LOW):
+                    handle = b"H:hostile:%d" % self.jobs
+                    kind, answer = self.answers[min(self.jobs, len(self.answers) - 1)]
+                    self.jobs += 1
+                    writer.write(response(P.JOB_CREATED, handle))
+                    if self.work_data:
+                        writer.write(response(P.WORK_DATA, handle, self.work_data))
+                    writer.write(response(kind, handle, answer))
+            await writer.drain()
+        writer.close()
+
+    def __enter__(self) -> HostileJobServer:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(asyncio.start_server(self._serve, "127.0.0.1", self.port), self.loop).result(10)
+        wait_port(self.port)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_a_hostile_job_server_cannot_answer_with_a_kept_result_nor_drive_the_terminal(server_address, capsys):
+    """A job server answering with a result it kept from an earlier call is refused (main:
+    True); its worker text and an unsigned refusal reach the cell with their escape sequences
+    shown, not obeyed (main: ``ESC[2J ESC[31mFAKE`` printed as is)."""
+    with WorkerProcesses(server_address, processes=1, key=KEY):
+        with gearnb.Executor(server_address, key=KEY, show_output=False) as honest:
+            first = honest.submit(check, "s3cret")
+            assert first.result(30) is True
+            kept = first.run.job.result
+    with HostileJobServer() as hostile:
+        hostile.answers = [(P.WORK_COMPLETE, kept), (P.WORK_EXCEPTION, b"\x1b[2J\x1b[31mall is fine\x1b[0m")]
+        hostile.work_data = b"\x1b[2J\x1b[31mFAKE\x1b]0;owned\x07\n"
+        ex = gearnb.Executor(f"127.0.0.1:{hostile.port}", key=KEY)
+        with pytest.raises(RefusedPayload, match="not the result of this call"):
+            ex.submit(check, "hunter2").result(30)
+        with pytest.raises(RefusedPayload) as refused:
+            ex.submit(check, "hunter2").result(30)
+        ex.shutdown()
+        assert hostile.jobs == 2
+    assert str(refused.value) == "\\x1b[2J\\x1b[31mall is fine\\x1b[0m"
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert out.count("[check] \\x1b[2J\\x1b[31mFAKE\\x1b]0;owned\\x07\n") == 2
+
+
 # -- row 9: worker text is data --------------------------------------------------------------------
 def test_worker_text_is_shown_not_obeyed():
     from gearnb.worker_text import neutralise, shown

@@ -19,7 +19,8 @@ from ..admin import Admin
 from ..client.submission import Submission
 from ..errors import JobFailed, ServerError
 from ..pyexec import envelope
-from ..pyexec.keys import NO_KEY_HELP, RefusedPayload, Signer
+from ..pyexec.keys import NO_KEY_HELP
+from ..pyexec.signing import CallId, RefusedPayload, Signer, worker_refusal
 from ..worker_text import shown
 
 if TYPE_CHECKING:
@@ -65,16 +66,17 @@ class PyexecCalls:
         else:
             args = tuple(column[0] for column in chunk.columns)
             parts = envelope.encode_call_parts(blob, [(args, chunk.kwargs)], with_code=with_code, chunk=False)
-        payload = self.signer.sign_parts(self.function, parts)
+        payload, chunk.call = self.signer.sign_call(self.function, parts)  # a new call (nonce) each time
         return Submission(self.function, payload, priority=priority, listener=listener)
 
     def submit(self, jobs: list[Submission]) -> None:
         self.client.submit_many(jobs)
 
     # -- back -----------------------------------------------------------------------------
-    def outcome(self, sub: Submission) -> tuple[list[Any], dict[int, BaseException]]:
-        """Values and per-call exceptions of an ended job; raises for the job as a whole
-        (:class:`envelope.NeedCode`, a refused payload, WORK_FAIL, the server's ERROR)."""
+    def outcome(self, sub: Submission, call: CallId) -> tuple[list[Any], dict[int, BaseException]]:
+        """Values and per-call exceptions of an ended job, the answer to ``call``; raises for
+        the job as a whole (:class:`envelope.NeedCode`, a refused payload, WORK_FAIL, the
+        server's ERROR)."""
         if sub.error is not None:
             raise sub.error
         if sub.successful:
@@ -85,12 +87,9 @@ class PyexecCalls:
             raise JobFailed("the job failed on the job server (WORK_FAIL): its worker died more times than "
                             "the server's --job-retries allows, or it was cancelled")
         try:
-            body = self.signer.verify(self.function, payload)
-        except RefusedPayload:
-            if not sub.successful:  # the worker's own refusal, in plain text
-                raise RefusedPayload(payload.decode(errors="replace")) from None
-            raise RefusedPayload("the worker's answer is not signed with this cluster's key; "
-                                 "is the worker started with the same GEARNB_KEY?") from None
+            body = self.signer.verify_result(self.function, payload, call)  # only the answer to this call
+        except RefusedPayload as refused:
+            raise (refused if sub.successful else worker_refusal(payload, refused)) from None
         msg = envelope.decode_result(body)
         if msg.get("need_code"):
             raise envelope.NeedCode()

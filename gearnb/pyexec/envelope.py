@@ -28,7 +28,7 @@ import cloudpickle
 import msgpack
 
 from ..worker_text import neutralise
-from .keys import MAC_SIZE, MAGIC
+from .signing import PREFIX_SIZE
 
 # 2: map chunks as argument columns ("c"), large out-of-band buffers framed (0xC1). A worker
 # of format 1 answers a format-2 call with a VersionMismatch that says to upgrade both sides.
@@ -44,7 +44,7 @@ FRAME_MIN = 256 * 1024
 FRAME_MARKER = 0xC1  # never used by msgpack: a framed body cannot be taken for a plain one
 _FRAME = struct.Struct("<B3xI")  # marker, padding, length of the msgpack map that follows
 FRAME_ALIGN = 64  # framed buffers start at multiples of this in the signed payload
-_PAYLOAD_OFFSET = len(MAGIC) + MAC_SIZE  # where the body starts in a signed payload
+_PAYLOAD_OFFSET = PREFIX_SIZE  # where the body starts in a signed payload
 
 Part = Union[bytes, memoryview]
 
