@@ -10,7 +10,7 @@ import gearnb
 from gearnb.pyexec import envelope
 from gearnb.protocol.codec import BufferList
 from gearnb.pyexec import signing
-from gearnb.pyexec.keys import key_from_text, load_key
+from gearnb.pyexec.keys import BadKey, key_from_text, load_key
 from gearnb.pyexec.runner import PyexecRunner
 from gearnb.pyexec.signing import CALL_LABEL, MAGIC, PREFIX_SIZE, RESULT_LABEL, CallId, RefusedPayload, Signer
 from peers import WorkerProcesses, gearnb_server, worker_thread
@@ -191,7 +191,15 @@ def test_version_mismatch_names_both_versions():
 
 def test_keys(tmp_path, monkeypatch):
     assert key_from_text("ab" * 16) == bytes.fromhex("ab" * 16)
-    assert key_from_text("short") == b"short"
+    assert key_from_text(" AB" * 1 + "ab" * 15 + "\n") == bytes.fromhex("ab" * 16)
+    for bad in ("short", "a", "ab" * 15, "zz" * 16, "abc" * 11):  # not hex, too short, odd length
+        with pytest.raises(BadKey, match="gearnb key new"):
+            key_from_text(bad)
+    for bad in (b"", b"a", b"x" * 15):
+        with pytest.raises(ValueError, match="gearnb key new|needs the cluster key"):
+            Signer(bad)
+        with pytest.raises(ValueError, match="gearnb key new|needs the cluster key"):
+            gearnb.Executor("127.0.0.1:1", key=bad)
     monkeypatch.setenv("GEARNB_KEY", "cd" * 16)
     assert load_key() == bytes.fromhex("cd" * 16)
     path = tmp_path / "k"

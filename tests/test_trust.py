@@ -256,6 +256,135 @@ def test_worker_output_and_exceptions_reach_the_cell_neutralised(capsys):
     assert "\x1b" not in captured.out + captured.err and "\u202e" not in captured.err
 
 
+# -- row 7: keys and key files ---------------------------------------------------------------------
+# Runs the gearnb command in a process whose audit hook (PEP 578: CPython reports each file
+# open, chmod, remove, subprocess... before doing it) records the key file's mode at every event
+# from the moment the file exists: the open that creates it is followed by at least one event.
+WATCHED_CLI = """
+import json, os, stat, sys
+path, umask, argv = sys.argv[1], int(sys.argv[2], 8), sys.argv[3:]
+modes = []
+def watch(event, args):
+    try:
+        modes.append((event, stat.S_IMODE(os.stat(path).st_mode)))
+    except OSError:
+        pass
+sys.addaudithook(watch)
+os.umask(umask)
+from gearnb.cli import main
+code = main(argv)
+print("MODES " + json.dumps(modes), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o777])
+@pytest.mark.parametrize("command", [["key", "new"], ["local", "--workers", "1", "--key-file"]])
+def test_a_key_file_is_never_readable_by_others_not_even_for_a_moment(tmp_path, command, umask):
+    """The key file's mode at every audited event of the creating process, from the moment it
+    exists, whatever the umask: never readable or writable by group or others, 0600 in the end
+    (main: ``gearnb local --key-file`` created it 0666 under umask 0, wrote the key, then
+    chmodded it; ``gearnb key new`` did not exist)."""
+    path = tmp_path / "cluster.key"
+    env = {k: v for k, v in os.environ.items() if k not in ("GEARNB_KEY", "GEARNB_KEY_FILE")}
+    proc = subprocess.Popen([sys.executable, "-B", "-c", WATCHED_CLI, str(path), oct(umask), *command, str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        if command[0] == "local":
+            deadline = time.monotonic() + 120
+            while "Ctrl-C stops it" not in proc.stdout.readline() and time.monotonic() < deadline:
+                assert proc.poll() is None, proc.stderr.read()
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    modes = json.loads(err.split("MODES ")[-1])
+    assert modes and modes[0][0] == "os.chmod"  # the first event after the file appeared: its fchmod
+    assert [mode for _, mode in modes if mode & 0o077] == []
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and re.fullmatch(r"[0-9a-f]{64}\n", path.read_text())
+
+
+def test_gearnb_key_new(tmp_path):
+    path = tmp_path / "cluster.key"
+    out = gearnb_cli("key", "new", str(path), preexec_fn=lambda: os.umask(0))
+    assert out.returncode == 0, out.stderr
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    text = path.read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}\n", text)
+    assert str(path) in out.stdout and text.strip() not in out.stdout + out.stderr  # the path, never the key
+    again = gearnb_cli("key", "new", str(path))
+    assert again.returncode != 0 and "never overwritten" in again.stderr
+    assert path.read_text() == text
+    assert load_key(key_file=str(path)) == bytes.fromhex(text)
+    # gearnb local --key-file with that file uses its key (a restart keeps notebooks connected)
+    proc = subprocess.Popen([sys.executable, "-m", "gearnb", "local", "--workers", "1", "--key-file", str(path)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        address = re.search(r"job server (127\.0\.0\.1:\d+)", proc.stdout.readline()).group(1)
+        ex = gearnb.Executor(address, key=bytes.fromhex(text))
+        assert ex.submit(pow, 2, 5).result(30) == 32
+        ex.shutdown()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert path.read_text() == text
+
+
+def test_short_or_malformed_keys_are_refused_saying_how_to_make_one(tmp_path, caplog):
+    from gearnb.pyexec.keys import BadKey
+
+    for text in ("a", "hunter2", "ab" * 15, "xy" * 16, "abc"):
+        with pytest.raises(BadKey, match="gearnb key new"):
+            load_key(text)
+    with pytest.raises(BadKey, match=r"key= is 15 bytes.*at least 16"):
+        load_key(b"k" * 15)
+    loose = tmp_path / "loose.key"
+    loose.write_text("ab" * 32 + "\n")
+    loose.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="gearnb.pyexec"):
+        assert load_key(key_file=str(loose)) == bytes.fromhex("ab" * 32)
+    assert f"key file {loose} can be read or changed by other users (mode 0644)" in caplog.text
+    assert f"chmod 600 {loose}" in caplog.text
+    # the worker command refuses a short key at once (main: "secret" was a key)
+    out = gearnb_cli("worker", "--servers", "127.0.0.1:1", env={"GEARNB_KEY": "secret"})
+    assert out.returncode == 2 and "GEARNB_KEY is not a hex key" in out.stderr and "gearnb key new" in out.stderr
+
+
+def test_gearnb_local_never_prints_the_key_nor_gives_it_to_the_job_server(tmp_path):
+    """Without --key-file the key goes to a private file whose path is printed; the server's
+    environment has no key, the workers' has (main: the key was printed, and the server had it)."""
+    proc = subprocess.Popen([sys.executable, "-m", "gearnb", "local", "--workers", "1"], stdout=subprocess.PIPE,
+                            text=True, env={k: v for k, v in os.environ.items() if k != "GEARNB_KEY"})
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        address = re.search(r"job server (127\.0\.0\.1:\d+)", lines[0]).group(1)
+        key_file = re.search(r"key_file='([^']+)'", lines[2]).group(1)
+        key = open(key_file).read().strip()
+        assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(os.path.dirname(key_file)).st_mode) == 0o700
+        assert key not in "".join(lines)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        environments = {}
+        for pid in children:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                role = "server" if b"\0server\0" in f.read() else "worker"
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environments[role] = f.read().split(b"\0")
+        assert sorted(environments) == ["server", "worker"]
+        assert not any(v.startswith((b"GEARNB_KEY=", b"GEARNB_KEY_FILE=")) for v in environments["server"])
+        assert b"GEARNB_KEY=" + key.encode() in environments["worker"]
+        ex = gearnb.Executor(address, key_file=key_file)
+        assert ex.gmap(lambda x: x + 1, [1, 2]) == [2, 3]
+        ex.shutdown()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert not os.path.exists(key_file)
+
+
 # -- row 8: the sqlite queue file ------------------------------------------------------------------
 def _queue_server(path, log_path, umask: int | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()

@@ -6,9 +6,9 @@ hold), ``runner`` (the worker side).
 """
 
 from .envelope import RemoteError, RemoteTraceback, VersionMismatch
-from .keys import load_key, new_key
+from .keys import BadKey, create_key_file, load_key, new_key
 from .runner import PYEXEC, PyexecRunner, report
 from .signing import CallId, RefusedPayload, Signer
 
-__all__ = ["PYEXEC", "CallId", "PyexecRunner", "RefusedPayload", "RemoteError", "RemoteTraceback", "Signer",
-           "VersionMismatch", "load_key", "new_key", "report"]
+__all__ = ["PYEXEC", "BadKey", "CallId", "PyexecRunner", "RefusedPayload", "RemoteError", "RemoteTraceback",
+           "Signer", "VersionMismatch", "create_key_file", "load_key", "new_key", "report"]

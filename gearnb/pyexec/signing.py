@@ -41,7 +41,7 @@ from typing import Any, Callable, NamedTuple, Sequence, Union
 
 from ..protocol.codec import BufferList, join_bytes, nbytes
 from ..worker_text import shown
-from .keys import NO_KEY_HELP
+from .keys import NO_KEY_HELP, checked_key
 
 # The signing scheme, first in every payload. 3: calls carry a nonce and a validity, results
 # are bound to their call, labels and modes are domain-separated. Payloads of older gearnb
@@ -114,6 +114,7 @@ class Signer:
     def __init__(self, key: bytes) -> None:
         if not key:
             raise ValueError(NO_KEY_HELP)
+        checked_key(key)
         block = hashlib.sha256().block_size
         padded = (hashlib.sha256(key).digest() if len(key) > block else key).ljust(block, b"\0")
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
