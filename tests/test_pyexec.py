@@ -495,3 +495,15 @@ def test_replay_guard_memory_is_bounded():
     assert len(guard) <= SEEN_CAPACITY
     print(f"seen-set: {len(guard)} calls, {size / 1e6:.1f} MB traced (nonces, handles, dicts)")
     assert size < 12e6
+
+
+def test_a_workers_unsigned_refusal_is_shown_as_text():
+    from gearnb.pyexec.signing import worker_refusal
+
+    signed_reason = RefusedPayload("the answer is not the result of this call")
+    text = worker_refusal(b"gearnb worker refused the job: \x1b[2Jthe call is stale", signed_reason)
+    assert str(text) == "gearnb worker refused the job: \\x1b[2Jthe call is stale"
+    older = worker_refusal(b"gearnb worker refused the job: the payload is not a signed gearnb pyexec payload",
+                           signed_reason)
+    assert "a worker of an older gearnb says this of a GNB3 payload: run the same gearnb version" in str(older)
+    assert worker_refusal(MAGIC + bytes(60), signed_reason) is signed_reason  # signed-looking: the real reason
