@@ -141,7 +141,8 @@ class HostileJobServer:
         self.answers: list[tuple[int, bytes]] = []  # (packet type, data), one per job, in order
         self.work_data = b""
         self.jobs = 0
-        self.port = free_port()
+        self.port = 0
+        self.server: asyncio.base_events.Server | None = None
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
@@ -166,13 +167,20 @@ class HostileJobServer:
 
     def __enter__(self) -> HostileJobServer:
         self.thread.start()
-        asyncio.run_coroutine_threadsafe(asyncio.start_server(self._serve, "127.0.0.1", self.port), self.loop).result(10)
-        wait_port(self.port)
+        self.server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._serve, "127.0.0.1", 0), self.loop).result(10)
+        self.port = self.server.sockets[0].getsockname()[1]
         return self
 
     def __exit__(self, *exc: object) -> None:
+        async def close() -> None:
+            self.server.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()
 
 
 def test_a_hostile_job_server_cannot_answer_with_a_kept_result_nor_drive_the_terminal(server_address, capsys):
