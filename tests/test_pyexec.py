@@ -507,3 +507,32 @@ def test_a_workers_unsigned_refusal_is_shown_as_text():
                            signed_reason)
     assert "a worker of an older gearnb says this of a GNB3 payload: run the same gearnb version" in str(older)
     assert worker_refusal(MAGIC + bytes(60), signed_reason) is signed_reason  # signed-looking: the real reason
+
+
+def test_nonces_are_unique_across_calls_threads_and_forks():
+    """A forked child (a worker pool, a multiprocessing caller) never repeats its parent's nonces."""
+    import os
+    import threading
+
+    signer = Signer(KEY)
+    nonces = [signer.sign_call(b"pyexec", [b"x"])[1].nonce for _ in range(1000)]
+    def sign_some(out):
+        out.extend(signer.sign_call(b"pyexec", [b"x"])[1].nonce for _ in range(1000))
+    threads = [threading.Thread(target=sign_some, args=(nonces,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next nonces, to the parent
+        os.close(read)
+        os.write(write, b"".join(signer.sign_call(b"pyexec", [b"x"])[1].nonce for _ in range(100)))
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    nonces += [child[i:i + 16] for i in range(0, len(child), 16)]
+    nonces += [signer.sign_call(b"pyexec", [b"x"])[1].nonce for _ in range(100)]  # the parent goes on
+    assert len(nonces) == 5200 and len(set(nonces)) == 5200

@@ -5,7 +5,7 @@ unpickles only results signed with it. Every payload is::
 
     MAGIC (4) | MAC (32) | header (28: nonce 16, created µs 8, valid-for s 4) | body
 
-A *call*'s header is fresh: a random nonce and its creation time, with how long it stays
+A *call*'s header is fresh: a nonce no other call has, its creation time and how long it stays
 valid (the worker's :mod:`~gearnb.pyexec.replay` guard refuses calls seen before or past
 that). A *result* echoes the header of the call it answers and its MAC covers that call's
 MAC, so a caller accepts only the result of its own call, never one kept from another.
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import os
 import struct
 import threading
@@ -50,7 +51,7 @@ MAGIC = b"GNB3"
 OLDER_MAGICS = (b"GNB1", b"GNB2")
 MAC_SIZE = 32
 HEADER = struct.Struct(">16sQI")  # nonce, created (µs since the epoch), valid for (seconds)
-NONCE_SIZE = 16  # 128 random bits: no two calls of a cluster ever share one
+NONCE_SIZE = 16  # see _Nonces: no two calls of a cluster share one
 PREFIX_SIZE = len(MAGIC) + MAC_SIZE + HEADER.size  # 64: where the body starts in a payload
 CALL_LABEL = b"gearnb-pyexec-call"
 RESULT_LABEL = b"gearnb-pyexec-result"
@@ -99,6 +100,28 @@ class CallId(NamedTuple):
         return HEADER.unpack(self.header)[2]
 
 
+class _Nonces:
+    """Call nonces, unique without a system call each: 8 random bytes per process (drawn again
+    in a forked child, which must not repeat its parent's) and a counter. Uniqueness is all a
+    nonce needs: it is public, and a call's MAC covers it. Two processes share a prefix with
+    probability 2**-64 per pair. ``next`` on the counter is one C call: safe across threads."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(NONCE_SIZE // 2)
+        self.counter = itertools.count()
+
+    def __call__(self) -> bytes:
+        return self.prefix + next(self.counter).to_bytes(NONCE_SIZE // 2, "big")
+
+
+_new_nonce = _Nonces()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_nonce.reset)
+
+
 def call_body(payload: bytes | memoryview) -> memoryview:
     """The body of a signed call, as a view (to sign it again as a new call: a retry)."""
     return memoryview(payload)[PREFIX_SIZE:]
@@ -109,7 +132,7 @@ class Signer:
     a signature costs two hash-state copies instead of a new ``hmac`` object, and a large
     body is hashed where it lies (no concatenation)."""
 
-    __slots__ = ("_inner", "_outer")
+    __slots__ = ("_inner", "_outer", "_labelled")
 
     def __init__(self, key: bytes) -> None:
         if not key:
@@ -119,6 +142,15 @@ class Signer:
         padded = (hashlib.sha256(key).digest() if len(key) > block else key).ljust(block, b"\0")
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in padded))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in padded))
+        self._labelled: dict[tuple[bytes, bytes], bytes] = {}  # (label, function) -> "label NUL function NUL"
+
+    def _label(self, label: bytes, function: bytes) -> bytes:
+        labelled = self._labelled.get((label, function))
+        if labelled is None:
+            if len(self._labelled) > 64:  # a handful of function names in practice; never grows unbounded
+                self._labelled.clear()
+            labelled = self._labelled[label, function] = label + b"\0" + function + b"\0"
+        return labelled
 
     # -- calls ------------------------------------------------------------------------------
     def sign_call(self, function: bytes, parts: Sequence[Buffer], ttl: int = DEFAULT_CALL_TTL,
@@ -133,11 +165,11 @@ class Signer:
         if not 0 < ttl <= MAX_CALL_TTL:
             raise ValueError(f"ttl must be between 1 and {MAX_CALL_TTL} seconds, not {ttl}")
         stamp = time.time() if created is None else created
-        header = HEADER.pack(os.urandom(NONCE_SIZE), int(stamp * 1e6), int(ttl))
-        prefix = CALL_LABEL + b"\0" + function + b"\0" + header
+        header = HEADER.pack(_new_nonce(), int(stamp * 1e6), int(ttl))
+        prefix = self._label(CALL_LABEL, function) + header
         if len(parts) == 1:
             mac = self._mac(prefix, parts)
-            return MAGIC + mac + header + parts[0], CallId(mac, header)
+            return b"".join((MAGIC, mac, header, parts[0])), CallId(mac, header)
         pending = self._start(prefix, parts)
         macs: list[bytes] = []
 
@@ -151,20 +183,20 @@ class Signer:
     def verify_call(self, function: bytes, payload: bytes | memoryview) -> tuple[memoryview, CallId]:
         """The body and identity of a correctly signed call; raises :class:`RefusedPayload`
         otherwise. Whether the call is fresh and new is for the worker's replay guard."""
-        view, mac, header = _split(payload)
-        expected = self._mac(CALL_LABEL + b"\0" + function + b"\0" + header, (view[PREFIX_SIZE:],))
+        body, mac, header = _split(payload)
+        expected = self._mac(self._label(CALL_LABEL, function) + header, (body,))
         if not hmac.compare_digest(mac, expected):
             raise RefusedPayload(
                 "the payload's signature does not match this cluster's key (a different GEARNB_KEY, "
                 "a payload sent to another function, a result sent as a call, or a corrupted payload)")
-        return view[PREFIX_SIZE:], CallId(mac, header)
+        return body, CallId(mac, header)
 
     # -- results ----------------------------------------------------------------------------
     def sign_result(self, function: bytes, call: CallId, parts: Sequence[Buffer]) -> bytes:
         """The signed payload of the answer to ``call`` (body ``b"".join(parts)``), joined."""
         head = MAGIC + self._mac(self._result_prefix(function, call), parts) + call.header
         if len(parts) == 1:
-            return head + parts[0]
+            return b"".join((head, parts[0]))
         return join_bytes([head, *parts])
 
     def signed_result_parts(self, function: bytes, call: CallId, parts: Sequence[Buffer]) -> BufferList:
@@ -175,10 +207,10 @@ class Signer:
     def verify_result(self, function: bytes, payload: bytes | memoryview, call: CallId) -> memoryview:
         """The body of the answer to ``call``; raises :class:`RefusedPayload` for anything
         else: unsigned, signed with another key, or the answer to another call."""
-        view, mac, header = _split(payload)
-        expected = self._mac(self._result_prefix(function, call, header), (view[PREFIX_SIZE:],))
+        body, mac, header = _split(payload)
+        expected = self._mac(self._result_prefix(function, call, header), (body,))
         if hmac.compare_digest(mac, expected):
-            return view[PREFIX_SIZE:]
+            return body
         if header[:NONCE_SIZE] != call.nonce:
             raise RefusedPayload(
                 f"the answer is not the result of this call (it names call {header[:4].hex()}..., this call is "
@@ -187,9 +219,8 @@ class Signer:
         raise RefusedPayload("the worker's answer is not signed with this cluster's key; "
                              "is the worker started with the same GEARNB_KEY?")
 
-    @staticmethod
-    def _result_prefix(function: bytes, call: CallId, header: bytes | None = None) -> bytes:
-        return RESULT_LABEL + b"\0" + function + b"\0" + call.mac + (call.header if header is None else header)
+    def _result_prefix(self, function: bytes, call: CallId, header: bytes | None = None) -> bytes:
+        return b"".join((self._label(RESULT_LABEL, function), call.mac, call.header if header is None else header))
 
     # -- the MAC ----------------------------------------------------------------------------
     def _mac(self, prefix: bytes, parts: Sequence[Buffer]) -> bytes:
@@ -219,7 +250,7 @@ class Signer:
 
 
 def _split(payload: bytes | memoryview) -> tuple[memoryview, bytes, bytes]:
-    """A payload's view, MAC and header; refuses what is not a payload of this scheme."""
+    """A payload's body (a view), MAC and header; refuses what is not a payload of this scheme."""
     magic = bytes(payload[:len(MAGIC)])
     if magic != MAGIC or len(payload) < PREFIX_SIZE:
         if magic in OLDER_MAGICS:
@@ -228,8 +259,8 @@ def _split(payload: bytes | memoryview) -> tuple[memoryview, bytes, bytes]:
                 f"{MAGIC.decode()}): run the same gearnb version on the clients and the workers "
                 f"(pip install -U gearnb on both sides)")
         raise RefusedPayload("the payload is not a signed gearnb pyexec payload")
-    view = memoryview(payload)
-    return view, bytes(view[len(MAGIC):len(MAGIC) + MAC_SIZE]), bytes(view[len(MAGIC) + MAC_SIZE:PREFIX_SIZE])
+    return (memoryview(payload)[PREFIX_SIZE:], bytes(payload[len(MAGIC):len(MAGIC) + MAC_SIZE]),
+            bytes(payload[len(MAGIC) + MAC_SIZE:PREFIX_SIZE]))
 
 
 # Threads that hash the chunks: at least two, so the caller's copy of a payload overlaps with
