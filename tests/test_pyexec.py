@@ -536,3 +536,29 @@ def test_nonces_are_unique_across_calls_threads_and_forks():
     nonces += [child[i:i + 16] for i in range(0, len(child), 16)]
     nonces += [signer.sign_call(b"pyexec", [b"x"])[1].nonce for _ in range(100)]  # the parent goes on
     assert len(nonces) == 5200 and len(set(nonces)) == 5200
+
+
+def test_a_call_run_before_is_answered_not_run_signed_for_it():
+    """Rules 2-4 concern a genuine call: the answer is signed for that call (its caller can
+    trust it and send the work again as a new call, a bounded number of times); rule 1 and
+    everything unverified stay plain text."""
+    from gearnb.pyexec.signing import MAX_SIGN_AGAIN
+
+    EXECUTED.clear()
+    runner = PyexecRunner(KEY)
+    payload = call_payload(_mark)
+    runner(FakeJobForRunner(payload))
+    again = FakeJobForRunner(payload)
+    again.handle = b"H:test:2"
+    with pytest.raises(gearnb.WorkException) as refused:
+        runner(again)
+    assert EXECUTED == [1]
+    _, call = Signer(KEY).verify_call(b"pyexec", payload)
+    msg = envelope.decode_result(Signer(KEY).verify_result(b"pyexec", refused.value.data, call))
+    assert msg["not_run"].startswith("gearnb worker did not run the job: the call ran on this worker before")
+    with pytest.raises(envelope.SignAgain, match="ran on this worker before"):
+        envelope.raise_if_not_run(msg, call)
+    with pytest.raises(RefusedPayload, match=r"ran on this worker before.*\(sent 4 times, as a new call each time\)"):
+        envelope.raise_if_not_run(msg, call._replace(attempt=MAX_SIGN_AGAIN))
+    later = Signer(KEY).sign_call(b"pyexec", [b"x"], after=call._replace(attempt=1))[1]
+    assert later.attempt == 2

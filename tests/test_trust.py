@@ -133,6 +133,43 @@ def test_a_keyless_rogue_worker_answering_with_a_kept_result_is_refused(server_a
     assert len(taken) == 1 and b"hunter2" in taken[0]
 
 
+def test_a_call_failed_over_to_another_job_server_runs_again_as_a_new_call(tmp_path, server_address):
+    """The client sends a running call to the second job server when the first dies; the one
+    worker, which ran it, gets it again from there: it answers "not run" signed for the call,
+    and the caller signs the work again as a new call, which runs (at least once, as before
+    GNB3; without the signed answer the caller got a refusal)."""
+    from peers import GearnbProcess
+
+    log = tmp_path / "ran"
+    first = GearnbProcess().start()
+    servers = f"{first.address},{server_address}"
+    try:
+        with WorkerProcesses(servers, processes=1, key=KEY):
+            ex = gearnb.Executor(servers, key=KEY, show_output=False)
+
+            def slow(path):
+                import time
+
+                append_line(path, "start")
+                time.sleep(1.5)
+                return append_line(path, "end")
+
+            futures = [ex.submit(slow, str(log)) for _ in range(2)]  # one of them on each server
+
+            def running_on_first() -> bool:
+                with gearnb.Admin(first.address) as admin:
+                    return sum(s.running for s in admin.status()) == 1
+
+            wait_until(running_on_first, timeout=30)  # the worker runs the first server's call
+            first.stop(signal.SIGKILL)
+            assert [f.result(60) for f in futures] == ["done", "done"]
+            ex.shutdown()
+        # both calls ended; the one that was running on the killed server ran twice
+        assert log.read_text().split().count("end") == 3
+    finally:
+        first.stop()
+
+
 class HostileJobServer:
     """A job server written here (asyncio on a thread, gearnb's codec) that answers every
     submitted job with what it was given: WORK_DATA, then WORK_COMPLETE or WORK_EXCEPTION."""

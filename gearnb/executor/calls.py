@@ -66,7 +66,9 @@ class PyexecCalls:
         else:
             args = tuple(column[0] for column in chunk.columns)
             parts = envelope.encode_call_parts(blob, [(args, chunk.kwargs)], with_code=with_code, chunk=False)
-        payload, chunk.call = self.signer.sign_call(self.function, parts)  # a new call (nonce) each time
+        # A new call (nonce) each time it is sent: a retry, a resend with the code or after a
+        # worker said it did not run it (envelope.SignAgain) counts ``after`` the last one.
+        payload, chunk.call = self.signer.sign_call(self.function, parts, after=chunk.call)
         return Submission(self.function, payload, priority=priority, listener=listener)
 
     def submit(self, jobs: list[Submission]) -> None:
@@ -93,6 +95,7 @@ class PyexecCalls:
         msg = envelope.decode_result(body)
         if msg.get("need_code"):
             raise envelope.NeedCode()
+        envelope.raise_if_not_run(msg, call)  # SignAgain: Run.settle sends it again, as for NeedCode
         if "fail" in msg:
             raise envelope.rebuild_error(msg["fail"])
         errors = {int(i): envelope.rebuild_error(r) for i, r in msg.get("e", {}).items()}

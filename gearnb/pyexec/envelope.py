@@ -28,7 +28,7 @@ import cloudpickle
 import msgpack
 
 from ..worker_text import neutralise
-from .signing import PREFIX_SIZE
+from .signing import MAX_SIGN_AGAIN, PREFIX_SIZE, CallId, RefusedPayload
 
 # 2: map chunks as argument columns ("c"), large out-of-band buffers framed (0xC1). A worker
 # of format 1 answers a format-2 call with a VersionMismatch that says to upgrade both sides.
@@ -55,6 +55,12 @@ class VersionMismatch(RuntimeError):
 
 class NeedCode(Exception):
     """The worker does not have the function cached: send the call again with its code."""
+
+
+class SignAgain(NeedCode):
+    """The worker did not run the call and said so, signed for this call: it ran the same call
+    before (the client sent it again to another job server after losing the first), or can no
+    longer tell, or the call expired. Send it again as a new call (a new nonce)."""
 
 
 class RemoteTraceback(Exception):
@@ -307,6 +313,23 @@ def encode_result(values: list[Any], errors: dict[int, dict[str, Any]]) -> bytes
 
 def encode_need_code() -> bytes:
     return _pack({"v": FORMAT_VERSION, "need_code": True})
+
+
+def encode_not_run(reason: str) -> bytes:
+    """The signed answer of a worker that refused a genuine call (see :class:`SignAgain`)."""
+    return _pack({"v": FORMAT_VERSION, "not_run": reason})
+
+
+def raise_if_not_run(msg: dict[str, Any], call: CallId) -> None:
+    """For a caller: a "not run" answer raises :class:`SignAgain`, or once the call was
+    signed again ``MAX_SIGN_AGAIN`` times, :class:`RefusedPayload` with the worker's reason."""
+    if "not_run" not in msg:
+        return
+    reason = neutralise(str(msg["not_run"]))
+    if call.attempt < MAX_SIGN_AGAIN:
+        raise SignAgain(reason)
+    sends = call.attempt + 1
+    raise RefusedPayload(f"{reason} (sent {sends} time{'s' if sends > 1 else ''}, as a new call each time)")
 
 
 def encode_failure(exc: BaseException) -> bytes:

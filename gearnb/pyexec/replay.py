@@ -20,9 +20,15 @@ here. Forgetting the
 earliest-expiring first keeps the calls signed with a long ttl (a background or epoch call that
 may wait hours) while a flood of ordinary calls passes through.
 
+Rule 1 is refused in plain text. Rules 2-4 concern a genuine call (its MAC checked), so the
+worker answers :class:`NotRun` signed for that call: its caller, and only its caller, can trust
+it and sends the work again as a new call (up to ``signing.MAX_SIGN_AGAIN`` times); a replayer
+learns nothing.
+
 Legitimate repeats: a job requeued after its worker died reaches another process (another
-seen-set); a retry is a new call with a new nonce; a background or epoch call waits as long
-as the ttl it was signed with allows.
+seen-set); a call a client sends to a second job server after losing the first may reach the
+process that ran it (rule 3: its caller signs it again); a retry is a new call with a new
+nonce; a background or epoch call waits as long as the ttl it was signed with allows.
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ import heapq
 import time
 
 from .signing import HEADER, CallId, RefusedPayload
+
+
+class NotRun(RefusedPayload):
+    """A genuine call this worker does not run (rules 2-4): the runner says so in an answer
+    signed for the call, so its caller can send it again as a new call."""
 
 # A caller's clock may run this far ahead of the worker's (Kerberos' default skew, 5 minutes).
 MAX_CLOCK_SKEW = 300.0
@@ -68,7 +79,7 @@ class ReplayGuard:
                 f"{MAX_CLOCK_SKEW:.0f} s ahead of this worker's): set the clocks right (NTP)")
         expiry = created + ttl
         if now > expiry:
-            raise RefusedPayload(
+            raise NotRun(
                 f"the call is stale: made {_duration(now - created)} ago, valid for {_duration(ttl)} (it waited "
                 f"in a queue longer than that, or it was captured and sent again); submit it again")
         second = int(expiry // BUCKET_SECONDS)
@@ -77,12 +88,12 @@ class ReplayGuard:
         if seen is not None:
             if seen == handle:
                 return  # the job server gave the same job back (rule 3): it runs again
-            raise RefusedPayload(
+            raise NotRun(
                 f"the call ran on this worker before (as job {seen.decode(errors='replace')}, now "
-                f"{handle.decode(errors='replace')}): a replayed payload. A retry must be signed again, as the "
-                f"Executor does")
+                f"{handle.decode(errors='replace')}): a replayed payload, or its client sent it to another job "
+                f"server after losing the first; a caller sends the work again as a new call")
         if expiry <= self.horizon:
-            raise RefusedPayload(
+            raise NotRun(
                 f"this worker ran more than {SEEN_CAPACITY} calls expiring later than this one while it waited "
                 f"({_duration(now - created)}), and forgot the older ones, so it cannot tell whether it ran it "
                 f"already; submit it again (or sign calls that wait long with a longer ttl)")

@@ -20,7 +20,7 @@ from ..errors import WorkException
 from ..protocol.codec import BufferList
 from ..worker import Job
 from . import envelope
-from .replay import ReplayGuard
+from .replay import NotRun, ReplayGuard
 from .signing import RefusedPayload, Signer
 
 log = logging.getLogger("gearnb.pyexec")
@@ -81,6 +81,12 @@ class PyexecRunner:
         try:
             body, call = self.signer.verify_call(name, job.data)
             self.replay_guard.admit(call, job.handle)
+        except NotRun as exc:
+            log.warning("did not run job %r: %s", job.handle, exc)
+            # A genuine call: the answer is signed for it, so its caller can trust it and send
+            # the work again as a new call; a replayer gets nothing it can use.
+            answer = envelope.encode_not_run(f"gearnb worker did not run the job: {exc}")
+            raise WorkException(self.signer.sign_result(name, call, [answer])) from None
         except RefusedPayload as exc:
             log.warning("refused job %r: %s", job.handle, exc)
             # Plain text, unsigned: the caller shows it, never unpickles it.

@@ -61,6 +61,11 @@ RESULT_LABEL = b"gearnb-pyexec-result"
 # are signed with a longer ttl.
 DEFAULT_CALL_TTL = 24 * 3600
 MAX_CALL_TTL = 2**32 - 1  # the header's field
+# A call a worker did not run and said so (signed: it ran the same call before, or the call
+# expired) is signed again and sent as a new call this many times at most: once is the usual
+# case (the client sent the call to a second job server after losing the first); the bound
+# keeps a job server that keeps doing that from having the caller send it for ever.
+MAX_SIGN_AGAIN = 3
 
 # Bodies of at least TREE_MIN bytes are MACed as the list of SHA-256 digests of their TREE_CHUNK
 # pieces, hashed in threads (hashlib lets go of the GIL): SHA-256 runs ~1.1 GB/s on one core
@@ -80,10 +85,12 @@ class RefusedPayload(Exception):
 
 class CallId(NamedTuple):
     """A call's identity: its MAC and header. The caller keeps it to check the answer
-    (:meth:`Signer.verify_result`); the worker signs its answer over it."""
+    (:meth:`Signer.verify_result`); the worker signs its answer over it. ``attempt``: how many
+    calls before it carried the same work (the caller's count, not signed)."""
 
     mac: bytes
     header: bytes
+    attempt: int = 0
 
     @property
     def nonce(self) -> bytes:
@@ -154,22 +161,24 @@ class Signer:
 
     # -- calls ------------------------------------------------------------------------------
     def sign_call(self, function: bytes, parts: Sequence[Buffer], ttl: int = DEFAULT_CALL_TTL,
-                  created: float | None = None) -> tuple[bytes, CallId]:
+                  created: float | None = None, after: CallId | None = None) -> tuple[bytes, CallId]:
         """The signed payload of a call whose body is ``b"".join(parts)``, and its identity.
 
         A fresh nonce every time: a retry is signed again (with :func:`call_body` of the
-        first payload), never resent as it was. ``ttl``: seconds the call stays valid after
-        ``created`` (default now). The parts are copied once into the payload while other
-        threads hash them: the payload is a snapshot of them as they were when this returns.
+        first payload), never resent as it was; ``after``: the call it replaces (counted in
+        ``attempt``). ``ttl``: seconds the call stays valid after ``created`` (default now).
+        The parts are copied once into the payload while other threads hash them: the payload
+        is a snapshot of them as they were when this returns.
         """
         if not 0 < ttl <= MAX_CALL_TTL:
             raise ValueError(f"ttl must be between 1 and {MAX_CALL_TTL} seconds, not {ttl}")
         stamp = time.time() if created is None else created
         header = HEADER.pack(_new_nonce(), int(stamp * 1e6), int(ttl))
         prefix = self._label(CALL_LABEL, function) + header
+        attempt = 0 if after is None else after.attempt + 1
         if len(parts) == 1:
             mac = self._mac(prefix, parts)
-            return b"".join((MAGIC, mac, header, parts[0])), CallId(mac, header)
+            return b"".join((MAGIC, mac, header, parts[0])), CallId(mac, header, attempt)
         pending = self._start(prefix, parts)
         macs: list[bytes] = []
 
@@ -178,7 +187,7 @@ class Signer:
             return MAGIC + macs[0] + header
 
         payload = join_bytes([bytes(PREFIX_SIZE), *parts], first=head)
-        return payload, CallId(macs[0], header)
+        return payload, CallId(macs[0], header, attempt)
 
     def verify_call(self, function: bytes, payload: bytes | memoryview) -> tuple[memoryview, CallId]:
         """The body and identity of a correctly signed call; raises :class:`RefusedPayload`
