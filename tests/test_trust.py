@@ -4,7 +4,8 @@ key files; the sqlite queue file; worker text.
 Against real peers: the gearnb server and gearmand (``server_address`` runs a test on both),
 ``gearnb worker`` processes, the ``gearnb`` command, keyless clients and workers, and a hostile
 job server written here (asyncio, gearnb's codec). Each test below failed on the main branch
-before this work (the docstrings say how), except the last, which pins a limit kept.
+before this work (the docstrings say how), except two that guard behaviour kept: a call failed
+over to a second job server still runs, and the unique limit.
 """
 
 from __future__ import annotations
