@@ -1,4 +1,4 @@
-"""The ``gearnb`` command: server, worker, status, demo."""
+"""The ``gearnb`` command: server, worker, local, key, status, demo."""
 
 from __future__ import annotations
 
@@ -40,30 +40,69 @@ def _worker(args: argparse.Namespace) -> int:
                        exception_packets=args.exception_packets)
 
 
+def _key_file_or_exit(path: str, key: bytes | None = None) -> bytes:
+    """Create the key file at ``path`` (0600, never over an existing file), or exit saying why."""
+    from .pyexec.keys import create_key_file
+
+    try:
+        return create_key_file(path, key)
+    except FileExistsError:
+        raise SystemExit(f"gearnb: {path} exists; a key file is never overwritten: remove it or choose another "
+                         f"path") from None
+    except OSError as exc:
+        raise SystemExit(f"gearnb: cannot create the key file {path}: {exc.strerror or exc}") from None
+
+
+def _key_new(args: argparse.Namespace) -> int:
+    _key_file_or_exit(args.path)
+    # The path only: a key printed ends up in terminal scrollback, logs and notebooks.
+    print(f"a new cluster key is in {args.path} (mode 600); give it to workers and notebooks with "
+          f"--key-file {args.path} / key_file={args.path!r} / GEARNB_KEY_FILE={args.path}")
+    return 0
+
+
 def _local(args: argparse.Namespace) -> int:
+    import shutil
     import signal
+    import tempfile
     import time
 
     from .cluster import LocalCluster
 
-    cluster = LocalCluster(args.workers, port=args.port, imports=tuple(args.imports)).start()
+    # A plain flag polled, not a threading.Event: Event.set() in a signal handler can deadlock
+    # when a second SIGTERM arrives while the first handler holds the Event's lock. Installed
+    # first: a SIGTERM sent as soon as the "Ctrl-C stops it" line is read must not kill us
+    # before the cluster is closed.
+    stopping: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    cluster = LocalCluster(args.workers, port=args.port, imports=tuple(args.imports))
     key_file = args.key_file
-    if key_file:
-        with open(key_file, "w", encoding="utf-8") as f:
-            f.write(cluster.key.hex() + "\n")
-        os.chmod(key_file, 0o600)
+    private_dir = None
+    if not key_file:  # the key is never printed: it goes to a file only this user can read
+        private_dir = tempfile.mkdtemp(prefix="gearnb-local-")  # mode 700
+        key_file = os.path.join(private_dir, "cluster.key")
+    reused = os.path.exists(key_file)
+    if reused:
+        from .pyexec.keys import read_key_file
+
+        cluster.key = read_key_file(key_file)  # a restart keeps its key: connected notebooks carry on
+    else:
+        _key_file_or_exit(key_file, cluster.key)  # before anything starts: a bad path starts nothing
+    try:
+        cluster.start()
+    except BaseException:
+        if private_dir:
+            shutil.rmtree(private_dir, ignore_errors=True)
+        raise
     print(f"gearnb local cluster: job server {cluster.address}, {cluster.n_workers} workers "
           f"(pids {' '.join(map(str, cluster.worker_pids()))})")
     print("Connect from a notebook with:")
-    if key_file:
-        print(f"    import gearnb; gearnb.connect({cluster.address!r}, key_file={key_file!r})")
-    else:
-        print(f"    import gearnb; gearnb.connect({cluster.address!r}, key={cluster.key.hex()!r})")
+    print(f"    import gearnb; gearnb.connect({cluster.address!r}, key_file={key_file!r})")
+    if private_dir:
+        print("(the key file is removed when this stops; --key-file PATH keeps one)")
+    elif reused:
+        print(f"(the cluster key already in {key_file})")
     print("Ctrl-C stops it.", flush=True)
-    # A plain flag polled, not a threading.Event: Event.set() in a signal handler can deadlock
-    # when a second SIGTERM arrives while the first handler holds the Event's lock.
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     try:
         while not stopping:
             time.sleep(0.2)
@@ -71,6 +110,8 @@ def _local(args: argparse.Namespace) -> int:
         pass
     finally:
         cluster.close()
+        if private_dir:
+            shutil.rmtree(private_dir, ignore_errors=True)
     return 0
 
 
@@ -144,8 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", "-n", type=int, default=None, help="worker processes (default: one per CPU)")
     p.add_argument("--port", "-p", type=int, default=0, help="job server port (default: a free one)")
     p.add_argument("--import", dest="imports", action="append", default=[])
-    p.add_argument("--key-file", default=None, help="write the cluster key here (mode 600) instead of printing it")
+    p.add_argument("--key-file", default=None,
+                   help="the cluster key file: used if it exists, else created with a new key (mode 600); "
+                        "default: a private temporary file")
     p.set_defaults(run=_local)
+
+    p = sub.add_parser("key", help="cluster keys for pyexec")
+    key_sub = p.add_subparsers(dest="key_command", required=True)
+    p = key_sub.add_parser("new", help="write a new random cluster key to a new file (mode 600); prints the path")
+    p.add_argument("path", help="the key file to create (never overwritten)")
+    p.set_defaults(run=_key_new)
 
     p = sub.add_parser("status", help="print the functions, queued and running jobs and workers of job servers")
     p.add_argument("--servers", default=None)
@@ -161,7 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from .pyexec.keys import BadKey
+
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BadKey as exc:  # says how to make a good key
+        print(f"gearnb: {exc}", file=sys.stderr)
+        return 2

@@ -18,7 +18,7 @@ from typing import Any
 
 from .admin import Admin
 from .executor import Executor
-from .pyexec.keys import KEY_ENV, new_key
+from .pyexec.keys import KEY_ENV, KEY_FILE_ENV, new_key
 from .pyexec.runner import PYEXEC
 from .supervisor import PARENT_ENV, Supervisor
 
@@ -83,6 +83,7 @@ class LocalCluster:
         env = dict(os.environ)
         env[PARENT_ENV] = str(os.getpid())
         env.pop(KEY_ENV, None)
+        env.pop(KEY_FILE_ENV, None)  # the notebook's own key file is not this cluster's key
         if worker:
             env[KEY_ENV] = self.key.hex()  # the job server never needs the key
             env["GEARNB_WORKER_CHILD"] = "1"

@@ -20,7 +20,9 @@ from ..client.submission import Submission
 from ..client.task import JobHandle
 from ..errors import JobFailed, ServerError
 from ..pyexec import envelope
-from ..pyexec.keys import NO_KEY_HELP, RefusedPayload, Signer
+from ..pyexec.keys import NO_KEY_HELP
+from ..pyexec.signing import CallId, RefusedPayload, Signer, worker_refusal
+from ..worker_text import shown
 
 if TYPE_CHECKING:
     import contextvars
@@ -65,16 +67,19 @@ class PyexecCalls:
         else:
             args = tuple(column[0] for column in chunk.columns)
             parts = envelope.encode_call_parts(blob, [(args, chunk.kwargs)], with_code=with_code, chunk=False)
-        payload = self.signer.sign_parts(self.function, parts)
+        # A new call (nonce) each time it is sent: a retry, a resend with the code or after a
+        # worker said it did not run it (envelope.SignAgain) counts ``after`` the last one.
+        payload, chunk.call = self.signer.sign_call(self.function, parts, after=chunk.call)
         return Submission(self.function, payload, priority=priority, listener=listener)
 
     def submit(self, jobs: list[Submission]) -> None:
         self.client.submit_many(jobs)
 
     # -- back -----------------------------------------------------------------------------
-    def outcome(self, sub: Submission) -> tuple[list[Any], dict[int, BaseException]]:
-        """Values and per-call exceptions of an ended job; raises for the job as a whole
-        (:class:`envelope.NeedCode`, a refused payload, WORK_FAIL, the server's ERROR)."""
+    def outcome(self, sub: Submission, call: CallId) -> tuple[list[Any], dict[int, BaseException]]:
+        """Values and per-call exceptions of an ended job, the answer to ``call``; raises for
+        the job as a whole (:class:`envelope.NeedCode`, a refused payload, WORK_FAIL, the
+        server's ERROR)."""
         if sub.error is not None:
             raise sub.error
         if sub.successful:
@@ -85,15 +90,13 @@ class PyexecCalls:
             raise JobFailed("the job failed on the job server (WORK_FAIL): its worker died more times than "
                             "the server's --job-retries allows, or it was cancelled")
         try:
-            body = self.signer.verify(self.function, payload)
-        except RefusedPayload:
-            if not sub.successful:  # the worker's own refusal, in plain text
-                raise RefusedPayload(payload.decode(errors="replace")) from None
-            raise RefusedPayload("the worker's answer is not signed with this cluster's key; "
-                                 "is the worker started with the same GEARNB_KEY?") from None
+            body = self.signer.verify_result(self.function, payload, call)  # only the answer to this call
+        except RefusedPayload as refused:
+            raise (refused if sub.successful else worker_refusal(payload, refused)) from None
         msg = envelope.decode_result(body)
         if msg.get("need_code"):
             raise envelope.NeedCode()
+        envelope.raise_if_not_run(msg, call)  # SignAgain: Run.settle sends it again, as for NeedCode
         if "fail" in msg:
             raise envelope.rebuild_error(msg["fail"])
         errors = {int(i): envelope.rebuild_error(r) for i, r in msg.get("e", {}).items()}
@@ -144,7 +147,7 @@ class PyexecCalls:
 
 def _print_marked(stream_name: str, tag: str, data: bytes) -> None:
     stream = getattr(sys, stream_name)
-    text = data.decode(errors="replace")
+    text = shown(data)  # worker text is data: no control sequences reach the cell
     lines = text.splitlines(keepends=True)
     stream.write("".join(tag + line for line in lines))
     if lines and not lines[-1].endswith("\n"):

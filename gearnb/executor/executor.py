@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterable, Iterator
 from ..addresses import ServerSpec
 from ..admin import Admin
 from ..client import Client
-from ..pyexec.keys import Signer, load_key
+from ..pyexec.keys import load_key
+from ..pyexec.signing import Signer
 from ..pyexec.runner import PYEXEC
 from .calls import PyexecCalls
 from .futures import GearnbFuture

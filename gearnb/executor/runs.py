@@ -23,7 +23,7 @@ from ..client.submission import EV_DATA, EV_END, EV_STATUS, EV_WARNING, Submissi
 from ..errors import ServerError
 from ..pyexec import envelope
 from ..pyexec.envelope import FunctionBlob
-from ..pyexec.keys import RefusedPayload
+from ..pyexec.signing import RefusedPayload
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -41,7 +41,7 @@ class Chunk:
     a retry), their positional arguments as ``columns`` (one list per argument position) and,
     for a single ``submit()`` call, its keyword arguments (``kwargs``; None for a map)."""
 
-    __slots__ = ("run", "indices", "columns", "kwargs", "attempts", "sub", "with_code")
+    __slots__ = ("run", "indices", "columns", "kwargs", "attempts", "sub", "with_code", "call")
 
     def __init__(self, run: Run, indices: Sequence[int], columns: list[list[Any]],
                  kwargs: dict[str, Any] | None = None) -> None:
@@ -52,6 +52,7 @@ class Chunk:
         self.attempts = 0
         self.sub: Submission | None = None
         self.with_code = False
+        self.call = None  # the CallId of its latest job: only that call's result is accepted
 
     def event(self, sub: Submission, event: int, argument: Any) -> None:
         """The listener of this chunk's job (on the I/O thread)."""
@@ -142,7 +143,7 @@ class Run:
         sub = chunk.sub
         assert sub is not None
         try:
-            values, errors = self.calls.outcome(sub)
+            values, errors = self.calls.outcome(sub, chunk.call)
         except envelope.NeedCode:
             chunk.with_code = True
             return Settled([], [chunk])

@@ -27,7 +27,8 @@ from typing import Any, Union
 import cloudpickle
 import msgpack
 
-from .keys import MAC_SIZE, MAGIC
+from ..worker_text import neutralise
+from .signing import MAX_SIGN_AGAIN, PREFIX_SIZE, CallId, RefusedPayload
 
 # 2: map chunks as argument columns ("c"), large out-of-band buffers framed (0xC1). A worker
 # of format 1 answers a format-2 call with a VersionMismatch that says to upgrade both sides.
@@ -43,7 +44,7 @@ FRAME_MIN = 256 * 1024
 FRAME_MARKER = 0xC1  # never used by msgpack: a framed body cannot be taken for a plain one
 _FRAME = struct.Struct("<B3xI")  # marker, padding, length of the msgpack map that follows
 FRAME_ALIGN = 64  # framed buffers start at multiples of this in the signed payload
-_PAYLOAD_OFFSET = len(MAGIC) + MAC_SIZE  # where the body starts in a signed payload
+_PAYLOAD_OFFSET = PREFIX_SIZE  # where the body starts in a signed payload
 
 Part = Union[bytes, memoryview]
 
@@ -54,6 +55,12 @@ class VersionMismatch(RuntimeError):
 
 class NeedCode(Exception):
     """The worker does not have the function cached: send the call again with its code."""
+
+
+class SignAgain(NeedCode):
+    """The worker did not run the call and said so, signed for this call: it ran the same call
+    before (the client sent it again to another job server after losing the first), or can no
+    longer tell, or the call expired. Send it again as a new call (a new nonce)."""
 
 
 class RemoteTraceback(Exception):
@@ -223,16 +230,34 @@ def call_columns(msg: dict[str, Any]) -> list[list[Any]] | None:
 
 
 # -- results -------------------------------------------------------------------------------
+def _exception_text(exc: BaseException) -> str:
+    """``str(exc)``, or what went wrong making it: an exception's ``__str__`` is user code."""
+    try:
+        return str(exc)
+    except Exception as failure:  # noqa: BLE001 - any failure of user code becomes text
+        try:
+            why = f"{type(failure).__name__}: {failure}"
+        except Exception:  # noqa: BLE001
+            why = type(failure).__name__
+        return f"<str() of this {type(exc).__name__} raised {why}>"
+
+
 def error_record(exc: BaseException, skip_frames: int = 0) -> dict[str, Any]:
     """What travels back for ``exc``; ``skip_frames`` leaves out the traceback's outermost
-    frames (the runner's own, which a user reading the remote traceback does not need)."""
+    frames (the runner's own, which a user reading the remote traceback does not need).
+    Never raises: an exception whose ``__str__`` fails still gives a record saying so."""
     tb_start = exc.__traceback__
     for _ in range(skip_frames):
         if tb_start is None or tb_start.tb_next is None:
             break
         tb_start = tb_start.tb_next
-    tb = "".join(traceback.format_exception(type(exc), exc, tb_start))
-    record: dict[str, Any] = {"t": f"{type(exc).__module__}.{type(exc).__qualname__}", "m": str(exc), "tb": tb}
+    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    message = _exception_text(exc)
+    try:
+        tb = "".join(traceback.format_exception(type(exc), exc, tb_start))
+    except Exception:  # noqa: BLE001 - a traceback that does not format (user objects in it)
+        tb = f"{kind}: {message}\n"
+    record: dict[str, Any] = {"t": kind, "m": message, "tb": tb}
     try:
         record["x"] = cloudpickle.dumps(exc, protocol=5)
     except Exception:  # noqa: BLE001 - an exception that does not pickle travels as text
@@ -240,17 +265,37 @@ def error_record(exc: BaseException, skip_frames: int = 0) -> dict[str, Any]:
     return record
 
 
+def _presentable(exc: BaseException) -> BaseException | None:
+    """``exc`` if its text can be shown as it is, or once its string arguments are
+    neutralised; None if its ``__str__`` fails or keeps control characters."""
+    try:
+        text = str(exc)
+        if neutralise(text) == text:
+            return exc
+        exc.args = tuple(neutralise(a) if isinstance(a, str) else a for a in exc.args)
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - __str__ and args are user code
+        return None
+    return exc if neutralise(text) == text else None
+
+
 def rebuild_error(record: dict[str, Any]) -> BaseException:
-    """The remote exception with its original type where possible, remote traceback as cause."""
+    """The remote exception with its original type where possible, remote traceback as cause.
+
+    Its text is worker text (:mod:`gearnb.worker_text`): an exception whose text would carry
+    control characters, or whose ``__str__`` fails here, becomes a :class:`RemoteError` with
+    the text neutralised."""
     exc: BaseException | None = None
     if record.get("x") is not None:
         try:
             exc = pickle.loads(record["x"])
         except Exception:  # noqa: BLE001 - fall back to RemoteError
             exc = None
+    if isinstance(exc, BaseException):
+        exc = _presentable(exc)
     if not isinstance(exc, BaseException):
-        exc = RemoteError(record.get("t", "?"), record.get("m", ""))
-    exc.__cause__ = RemoteTraceback(record.get("tb", ""))
+        exc = RemoteError(neutralise(str(record.get("t", "?"))), neutralise(str(record.get("m", ""))))
+    exc.__cause__ = RemoteTraceback(neutralise(str(record.get("tb", ""))))
     return exc
 
 
@@ -268,6 +313,23 @@ def encode_result(values: list[Any], errors: dict[int, dict[str, Any]]) -> bytes
 
 def encode_need_code() -> bytes:
     return _pack({"v": FORMAT_VERSION, "need_code": True})
+
+
+def encode_not_run(reason: str) -> bytes:
+    """The signed answer of a worker that refused a genuine call (see :class:`SignAgain`)."""
+    return _pack({"v": FORMAT_VERSION, "not_run": reason})
+
+
+def raise_if_not_run(msg: dict[str, Any], call: CallId) -> None:
+    """For a caller: a "not run" answer raises :class:`SignAgain`, or once the call was
+    signed again ``MAX_SIGN_AGAIN`` times, :class:`RefusedPayload` with the worker's reason."""
+    if "not_run" not in msg:
+        return
+    reason = neutralise(str(msg["not_run"]))
+    if call.attempt < MAX_SIGN_AGAIN:
+        raise SignAgain(reason)
+    sends = call.attempt + 1
+    raise RefusedPayload(f"{reason} (sent {sends} time{'s' if sends > 1 else ''}, as a new call each time)")
 
 
 def encode_failure(exc: BaseException) -> bytes:

@@ -1,6 +1,10 @@
-"""The worker side of pyexec: verify, unpack, call, capture output, answer.
+"""The worker side of pyexec: verify, admit, unpack, call, capture output, answer.
 
-Registered on every gearnb worker as the Gearman function ``pyexec``.
+Registered on every gearnb worker as the Gearman function ``pyexec``. For each job, in this
+order: the call's signature (:meth:`Signer.verify_call`), the replay guard (fresh, not run
+here before: :class:`ReplayGuard`) - nothing is unpacked before both pass; then the envelope,
+the function (cached by digest), the calls; the answer is signed over the call's identity.
+A refusal goes back as plain unsigned text (WORK_EXCEPTION), which callers show, never unpickle.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from ..errors import WorkException
 from ..protocol.codec import BufferList
 from ..worker import Job
 from . import envelope
-from .keys import RefusedPayload, Signer
+from .replay import NotRun, ReplayGuard
+from .signing import RefusedPayload, Signer
 
 log = logging.getLogger("gearnb.pyexec")
 
@@ -69,11 +74,19 @@ class PyexecRunner:
         self.signer = Signer(key)
         self.function_name = function_name.encode()
         self.functions: OrderedDict[bytes, Any] = OrderedDict()
+        self.replay_guard = ReplayGuard()
 
     def __call__(self, job: Job) -> bytes | BufferList:
         name = job.function.encode()
         try:
-            body = self.signer.verify(name, job.data)
+            body, call = self.signer.verify_call(name, job.data)
+            self.replay_guard.admit(call, job.handle)
+        except NotRun as exc:
+            log.warning("did not run job %r: %s", job.handle, exc)
+            # A genuine call: the answer is signed for it, so its caller can trust it and send
+            # the work again as a new call; a replayer gets nothing it can use.
+            answer = envelope.encode_not_run(f"gearnb worker did not run the job: {exc}")
+            raise WorkException(self.signer.sign_result(name, call, [answer])) from None
         except RefusedPayload as exc:
             log.warning("refused job %r: %s", job.handle, exc)
             # Plain text, unsigned: the caller shows it, never unpickles it.
@@ -82,7 +95,7 @@ class PyexecRunner:
             msg = envelope.decode_call(body)
             fn = self._function(msg)
             if fn is None:
-                return self.signer.sign(name, envelope.encode_need_code())
+                return self.signer.sign_result(name, call, [envelope.encode_need_code()])
             columns = envelope.call_columns(msg)
             calls = envelope.call_arguments(msg) if columns is None else columns
         except Exception as exc:  # noqa: BLE001 - reported to the caller
@@ -91,15 +104,17 @@ class PyexecRunner:
                     f"{exc} on the worker: pickles refer to importable modules by name. Install the module "
                     f"where the workers run, or call cloudpickle.register_pickle_by_value(module) before "
                     f"submitting to send its code along", name=exc.name)
-            raise WorkException(self.signer.sign(name, envelope.encode_failure(exc))) from None
+            raise WorkException(self.signer.sign_result(name, call, [envelope.encode_failure(exc)])) from None
         result = self._run(job, fn, calls, columns is not None)
         if not msg.get("ch") and 0 in result[1]:
             # A single call that raised: WORK_EXCEPTION, so Gearman tools see a failure.
-            raise WorkException(self.signer.sign_parts(name, result[2]))
+            raise WorkException(self.signer.sign_result(name, call, result[2]))
         parts = result[2]
         # A large result goes out in pieces, its array data not copied: the worker sends it
         # before anything can change it.
-        return self.signer.signed_parts(name, parts) if len(parts) > 1 else self.signer.sign(name, parts[0])
+        if len(parts) > 1:
+            return self.signer.signed_result_parts(name, call, parts)
+        return self.signer.sign_result(name, call, parts)
 
     def _function(self, msg: dict[str, Any]) -> Any:
         digest = msg["fd"]
