@@ -42,10 +42,14 @@ class LocalCluster:
     that forks), and a child that dies is started again (:class:`~gearnb.supervisor.Supervisor`).
     """
 
-    def __init__(self, workers: int | None = None, *, port: int = 0, imports: tuple[str, ...] = ()) -> None:
+    def __init__(self, workers: int | None = None, *, port: int = 0, imports: tuple[str, ...] = (),
+                 max_packet_size: int | str | None = None) -> None:
         self.n_workers = workers or os.cpu_count() or 1
         self.port = port or _free_port()
         self.imports = imports
+        # The one limit (gearnb.limits), for the server and the workers alike; unset, they read
+        # GEARNB_MAX_PACKET_SIZE from the environment they inherit.
+        self.limit_options = [] if max_packet_size is None else ["--max-packet-size", str(max_packet_size)]
         self.key = new_key()
         self.address = f"127.0.0.1:{self.port}"
         self.supervisor = Supervisor("local")
@@ -110,11 +114,12 @@ class LocalCluster:
         supervisor = self.supervisor
         try:
             supervisor.start(SERVER, [sys.executable, "-m", "gearnb", "server", "--host", "127.0.0.1",
-                                      "--port", str(self.port)], self._env(worker=False))
+                                      "--port", str(self.port), *self.limit_options], self._env(worker=False))
             self._wait_listening()
             env = self._env(worker=True)
             for i in range(self.n_workers):
-                argv = [sys.executable, "-m", "gearnb", "worker", "--servers", self.address, "--client-id", f"local-{i}"]
+                argv = [sys.executable, "-m", "gearnb", "worker", "--servers", self.address, "--client-id", f"local-{i}",
+                        *self.limit_options]
                 for module in self.imports:
                     argv += ["--import", module]
                 supervisor.start(f"worker {i}", argv, env)
@@ -164,10 +169,12 @@ class LocalCluster:
 
 
 class LocalExecutor(Executor):
-    """An Executor over its own LocalCluster; closing it stops the cluster."""
+    """An Executor over its own LocalCluster; closing it stops the cluster. ``max_packet_size``
+    (gearnb.limits) holds for the executor, the job server and the workers."""
 
     def __init__(self, workers: int | None = None, **options: Any) -> None:
-        self.cluster = LocalCluster(workers, imports=tuple(options.pop("imports", ()))).start()
+        self.cluster = LocalCluster(workers, imports=tuple(options.pop("imports", ())),
+                                    max_packet_size=options.get("max_packet_size")).start()
         super().__init__(self.cluster.address, key=self.cluster.key, **options)
 
     def worker_pids(self) -> list[int]:

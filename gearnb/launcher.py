@@ -41,13 +41,17 @@ def load_functions(worker: Worker, modules: Sequence[str]) -> None:
 
 def run_one(servers: str | None, modules: Sequence[str], client_id: str | None,
             key_file: str | None = None, job_timeout: float | None = None,
-            exception_packets: bool = True) -> int:
-    """One worker in this process: pyexec (when a cluster key is set) plus imported functions."""
+            exception_packets: bool = True, max_packet_size: str | int | None = None,
+            tls: tuple[str | None, str | None, str | None] = (None, None, None)) -> int:
+    """One worker in this process: pyexec (when a cluster key is set) plus imported functions.
+    ``tls``: (--ssl-ca, --ssl-cert, --ssl-key), see gearnb.tls."""
     from .pyexec import PYEXEC, PyexecRunner, load_key
     from .supervisor import die_with_parent
+    from .tls import client_context_from
 
     die_with_parent()
-    worker = Worker(servers, client_id=client_id, exception_packets=exception_packets)
+    worker = Worker(servers, client_id=client_id, exception_packets=exception_packets,
+                    max_packet_size=max_packet_size, ssl=client_context_from(*tls))
     key = load_key(None, key_file)
     if key:
         # job_timeout: CAN_DO_TIMEOUT, so a server takes a job back from a worker that went
@@ -63,14 +67,16 @@ def run_one(servers: str | None, modules: Sequence[str], client_id: str | None,
 
 def run_workers(servers: str | None, processes: int, imports: Sequence[str] = (),
                 client_id: str | None = None, key_file: str | None = None,
-                job_timeout: float | None = None, exception_packets: bool = True) -> int:
+                job_timeout: float | None = None, exception_packets: bool = True,
+                max_packet_size: str | int | None = None,
+                tls: tuple[str | None, str | None, str | None] = (None, None, None)) -> int:
     """Run ``processes`` worker processes in the foreground and look after them."""
     from .pyexec import load_key
 
     if not imports and not load_key(None, key_file):
         raise SystemExit(NOTHING_TO_SERVE)
     if os.environ.get("GEARNB_WORKER_CHILD") == "1":
-        return run_one(servers, imports, client_id, key_file, job_timeout, exception_packets)
+        return run_one(servers, imports, client_id, key_file, job_timeout, exception_packets, max_packet_size, tls)
     spec = ",".join(parse_servers(servers))
     argv = [sys.executable, "-m", "gearnb", "worker", "--servers", spec]
     for module in imports:
@@ -83,6 +89,11 @@ def run_workers(servers: str | None, processes: int, imports: Sequence[str] = ()
         argv += ["--job-timeout", str(job_timeout)]
     if not exception_packets:
         argv += ["--no-exception-packets"]
+    if max_packet_size is not None:
+        argv += ["--max-packet-size", str(max_packet_size)]
+    for option, path in zip(("--ssl-ca", "--ssl-cert", "--ssl-key"), tls):
+        if path:
+            argv += [option, path]
     env = dict(os.environ, GEARNB_WORKER_CHILD="1")
     # Imported modules may live in the current directory, as with "python -m".
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))

@@ -15,7 +15,6 @@ from typing import Any, Iterable
 from .._loop import io_loop
 from ..addresses import ServerSpec, parse_servers
 from ..protocol import PT
-from ..protocol.packets import DEFAULT_MAX_PACKET_SIZE
 from .core import DEFAULT_SUBMIT_TIMEOUT, ClientCore
 from .submission import Submission
 from .task import _ENDED, JobHandle, JobStatus, Task, TaskSet, _OwnQueue
@@ -32,7 +31,9 @@ class Client:
     only the calling thread and works inside a running event loop (a Jupyter kernel).
     ``servers`` defaults to ``GEARMAN_SERVERS``, then ``127.0.0.1:4730``. ``namespace`` is put
     in front of every function name submitted (libgearman's namespace); give the workers the
-    same one.
+    same one. ``max_packet_size``: the largest packet sent or taken (gearnb.limits: default
+    ``GEARNB_MAX_PACKET_SIZE``, else the protocol's 4 GiB - 1); a job over it fails at once
+    with :class:`~gearnb.errors.PacketTooLarge`. ``ssl``: a ``gearnb.tls.client_context``.
     """
 
     def __init__(
@@ -40,7 +41,7 @@ class Client:
         servers: ServerSpec = None,
         *,
         submit_timeout: float = DEFAULT_SUBMIT_TIMEOUT,
-        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        max_packet_size: int | str | None = None,
         ssl: Any = None,
         namespace: str | bytes = "",
     ) -> None:

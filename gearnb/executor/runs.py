@@ -20,7 +20,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 from ..client.submission import EV_DATA, EV_END, EV_STATUS, EV_WARNING, Submission
-from ..errors import ServerError
+from ..errors import PacketTooLarge, ServerError
 from ..pyexec import envelope
 from ..pyexec.envelope import FunctionBlob
 from ..pyexec.signing import RefusedPayload
@@ -162,8 +162,8 @@ class Run:
 
 
 def _retryable(exc: BaseException) -> bool:
-    """Running it again cannot help a payload the worker refused or cannot read."""
-    return not isinstance(exc, (envelope.VersionMismatch, RefusedPayload))
+    """Running it again cannot help a payload the worker refused or cannot read, or one too large."""
+    return not isinstance(exc, (envelope.VersionMismatch, RefusedPayload, PacketTooLarge))
 
 
 class CallRun(Run):
