@@ -32,7 +32,8 @@ from typing import Any, Callable
 
 from .errors import JobFailed, WorkException, perl_server_lacks
 from .protocol import REQ, RES, Decoder, PacketType, ProtocolError, request
-from .protocol.codec import BufferList, encode_gathered, encode_parts
+from .buffers import BufferList
+from .protocol.codec import encode_gathered, encode_parts
 from .protocol.packets import DEFAULT_MAX_PACKET_SIZE, Packet
 from .sockets import tune
 from .addresses import ServerSpec, parse_servers, split_address

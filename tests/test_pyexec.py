@@ -8,7 +8,7 @@ import pytest
 
 import gearnb
 from gearnb.pyexec import envelope
-from gearnb.protocol.codec import BufferList
+from gearnb.buffers import BufferList
 from gearnb.pyexec import signing
 from gearnb.pyexec.keys import BadKey, key_from_text, load_key
 from gearnb.pyexec.runner import PyexecRunner

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from ..errors import WorkException
-from ..protocol.codec import BufferList
+from ..buffers import BufferList
 from ..worker import Job
 from . import envelope
 from .replay import NotRun, ReplayGuard
