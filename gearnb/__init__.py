@@ -13,7 +13,10 @@ from .api import (
     wait,
 )
 from .client import AsyncClient, Client, JobHandle, JobStatus, Task, TaskSet
-from .errors import GearmanError, JobException, JobFailed, NoJobServers, ProtocolError, ServerError, WorkException
+from .errors import (
+    GearmanError, JobException, JobFailed, NoJobServers, ProtocolError, ServerError, TaskStopped, WorkException,
+    WorkerDied,
+)
 from .executor import Executor, GearnbFuture
 from .pyexec import RefusedPayload, RemoteError, VersionMismatch
 from .visual import trace
@@ -22,7 +25,7 @@ from .worker import Job, Worker
 __all__ = [
     "Admin", "AsyncClient", "Client", "Executor", "GearmanError", "GearnbFuture", "Job", "JobException",
     "JobFailed", "JobHandle", "JobStatus", "NoJobServers", "ProtocolError", "RefusedPayload", "RemoteError", "ServerError",
-    "Task", "TaskSet", "VersionMismatch", "WorkException", "Worker", "__version__", "as_completed", "call",
+    "Task", "TaskSet", "TaskStopped", "VersionMismatch", "WorkException", "Worker", "WorkerDied", "__version__", "as_completed", "call",
     "connect", "default_executor", "imap", "imap_unordered", "local", "map", "report", "shutdown", "submit",
     "trace", "wait",
 ]

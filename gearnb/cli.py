@@ -9,6 +9,7 @@ import sys
 
 from . import __version__
 from .protocol import DEFAULT_MAX_PACKET_SIZE
+from .server.core import DEFAULT_JOB_RETRIES
 
 
 def _server(args: argparse.Namespace) -> int:
@@ -153,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--port", type=int, default=4730)
     p.add_argument("--max-packet-size", type=int, default=DEFAULT_MAX_PACKET_SIZE,
                    help="largest packet accepted, in bytes (bounds memory per connection)")
-    p.add_argument("--job-retries", type=int, default=0,
-                   help="fail a job after its worker died this many times (0: retry forever, as gearmand)")
+    p.add_argument("--job-retries", type=int, default=DEFAULT_JOB_RETRIES,
+                   help=f"fail a job after its worker died this many times (default {DEFAULT_JOB_RETRIES}; "
+                        "0: requeue it for ever, gearmand's default)")
     p.add_argument("--job-handle-prefix", default=None, help="job handles start with this (default H:<host>)")
     p.add_argument("--exceptions", action="store_true", help="send WORK_EXCEPTION to every client")
     p.add_argument("--can-do-timeout-seconds", action="store_true",

@@ -42,8 +42,10 @@ class LocalCluster:
     that forks), and a child that dies is started again (:class:`~gearnb.supervisor.Supervisor`).
     """
 
-    def __init__(self, workers: int | None = None, *, port: int = 0, imports: tuple[str, ...] = ()) -> None:
+    def __init__(self, workers: int | None = None, *, port: int = 0, imports: tuple[str, ...] = (),
+                 job_retries: int | None = None) -> None:
         self.n_workers = workers or os.cpu_count() or 1
+        self.job_retries = job_retries  # the job server's --job-retries (None: its default)
         self.port = port or _free_port()
         self.imports = imports
         self.key = new_key()
@@ -109,8 +111,10 @@ class LocalCluster:
     def _run(self) -> None:
         supervisor = self.supervisor
         try:
-            supervisor.start(SERVER, [sys.executable, "-m", "gearnb", "server", "--host", "127.0.0.1",
-                                      "--port", str(self.port)], self._env(worker=False))
+            server = [sys.executable, "-m", "gearnb", "server", "--host", "127.0.0.1", "--port", str(self.port)]
+            if self.job_retries is not None:
+                server += ["--job-retries", str(self.job_retries)]
+            supervisor.start(SERVER, server, self._env(worker=False))
             self._wait_listening()
             env = self._env(worker=True)
             for i in range(self.n_workers):
@@ -167,7 +171,8 @@ class LocalExecutor(Executor):
     """An Executor over its own LocalCluster; closing it stops the cluster."""
 
     def __init__(self, workers: int | None = None, **options: Any) -> None:
-        self.cluster = LocalCluster(workers, imports=tuple(options.pop("imports", ()))).start()
+        self.cluster = LocalCluster(workers, imports=tuple(options.pop("imports", ())),
+                                    job_retries=options.pop("job_retries", None)).start()
         super().__init__(self.cluster.address, key=self.cluster.key, **options)
 
     def worker_pids(self) -> list[int]:

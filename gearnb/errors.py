@@ -108,12 +108,11 @@ class NoJobServers(GearmanError, ConnectionError):
 
 class WorkerDied(GearmanError):
     """The process running a task died while running it: it exited (``os._exit``), was killed
-    by a signal (a segfault, the OOM killer's SIGKILL) or was stopped for not stopping when
-    asked. ``how`` says which (``"killed by SIGSEGV"``); ``attempts`` how many times the task
-    was tried, each time in a fresh process."""
+    by a signal (a segfault, the OOM killer's SIGKILL). ``how`` says which (``"was killed by
+    SIGSEGV"``); ``attempts`` how many times the task was tried, each time in a fresh process."""
 
     def __init__(self, how: str, attempts: int = 1) -> None:
-        tried = f" (tried {attempts} times, each in a fresh process)" if attempts > 1 else ""
+        tried = f"; tried {attempts} times, each in a fresh process" if attempts > 1 else ""
         super().__init__(f"the worker process running the task {how}{tried}")
         self.how = how
         self.attempts = attempts

@@ -43,21 +43,35 @@ def run_one(servers: str | None, modules: Sequence[str], client_id: str | None,
             key_file: str | None = None, job_timeout: float | None = None,
             exception_packets: bool = True) -> int:
     """One worker in this process: pyexec (when a cluster key is set) plus imported functions."""
-    from .pyexec import PYEXEC, PyexecRunner, load_key
+    from .pyexec import PYEXEC, load_key
+    from .pyexec.control import ControlWorker
+    from .pyexec.isolation import IsolatedRunner
     from .supervisor import die_with_parent
 
     die_with_parent()
     worker = Worker(servers, client_id=client_id, exception_packets=exception_packets)
     key = load_key(None, key_file)
+    runner = control = None
     if key:
+        # Tasks run in a task process of this worker: one that dies fails its task, not this
+        # worker (gearnb/pyexec/isolation.py); a control function stops one on request.
         # job_timeout: CAN_DO_TIMEOUT, so a server takes a job back from a worker that went
         # silent (a cut link). Works with gearnb's server; gearmand 1.1.20's is unreliable.
-        worker.register(PYEXEC, PyexecRunner(key), timeout=job_timeout)
+        runner = IsolatedRunner(key)
+        runner.process.ensure_started()  # before the first job, not while it waits
+        worker.register(PYEXEC, runner, timeout=job_timeout)
+        control = ControlWorker(servers, key, runner, client_id=client_id).start()
     load_functions(worker, modules)
     if not key:
         log.warning("no cluster key (GEARNB_KEY / --key-file): serving only %s, not pyexec",
                     ", ".join(n.decode() for n in worker.functions))
-    worker.work()
+    try:
+        worker.work()
+    finally:
+        if control is not None:
+            control.stop()
+        if runner is not None:
+            runner.close()
     return 0
 
 

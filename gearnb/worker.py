@@ -77,6 +77,11 @@ class Job:
         self.data = data
         self.reducer = reducer
 
+    @property
+    def server(self) -> str:
+        """The job server that assigned this job (its address as the worker was given it)."""
+        return self._conn.address
+
     def send_status(self, numerator: int, denominator: int) -> None:
         """WORK_STATUS: how far along the job is (the client sees numerator/denominator)."""
         self._conn.send(request(P.WORK_STATUS, self.handle, str(int(numerator)).encode(),

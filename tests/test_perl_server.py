@@ -325,7 +325,10 @@ def test_gearnb_worker_exits_on_sigterm(perl_server, hung):
         sent = len(probe._hello()) + len(GRAB_UNIQ)
         perl_server.proc.send_signal(signal.SIGSTOP)
         launcher.start(wait=False)
-        wait_until(lambda: _queued_bytes(perl_server.port) == [sent, sent], timeout=60)
+        # Each worker waits for the answer to its grab; its control connection (it stops running
+        # tasks on request) has said hello too.
+        wait_until(lambda: sorted(_queued_bytes(perl_server.port)).count(sent) == 2
+                   and len(_queued_bytes(perl_server.port)) == 4, timeout=60)
     else:
         launcher.start()
     assert launcher.proc is not None and len(launcher.child_pids()) == 2

@@ -20,6 +20,7 @@ from ..client.submission import Submission
 from ..client.task import JobHandle
 from ..errors import JobFailed, ServerError
 from ..pyexec import envelope
+from ..pyexec.control import stop_jobs
 from ..pyexec.keys import NO_KEY_HELP
 from ..pyexec.signing import CallId, RefusedPayload, Signer, worker_refusal
 from ..worker_text import shown
@@ -112,27 +113,35 @@ class PyexecCalls:
             context.run(_print_marked, stream, tag, data)
 
     # -- cancelling -----------------------------------------------------------------------
-    def cancel(self, jobs: list[Submission]) -> list[bool]:
+    def cancel(self, jobs: list[Submission], stop_running: bool = False) -> list[bool]:
         """``cancel job`` each job that waits in its server's queue; True where the server
         dropped it. Jobs a worker runs are left alone (gearmand would forget a running job it
-        is asked to cancel, and its worker would run on). Waits briefly for the handles of
-        jobs just submitted."""
+        is asked to cancel, and its worker would run on) unless ``stop_running``: then their
+        workers are asked to stop them (:mod:`gearnb.pyexec.control`). Waits briefly for the
+        handles of jobs just submitted."""
         deadline = time.monotonic() + CANCEL_CREATED_WAIT
         while any(sub.handle is None and not sub.finished for sub in jobs) and time.monotonic() < deadline:
             time.sleep(CANCEL_POLL)
         live = [i for i, sub in enumerate(jobs) if sub.handle is not None and sub.server is not None
                 and not sub.finished]
+        dropped = [False] * len(jobs)
+        if not live:
+            return dropped
         try:
             statuses = self.client.statuses([JobHandle(jobs[i].handle, jobs[i].server) for i in live])
         except (OSError, TimeoutError) as exc:
             log.warning("could not ask which of %d jobs are running: %s", len(live), exc)
-            return [False] * len(jobs)
-        by_server: dict[str, list[int]] = {}
+            return dropped
+        queued: dict[str, list[int]] = {}
+        running: dict[str, list[bytes]] = {}
         for i, status in zip(live, statuses):
+            server, handle = jobs[i].server, jobs[i].handle
+            assert server is not None and handle is not None
             if not status.running:
-                by_server.setdefault(jobs[i].server, []).append(i)  # type: ignore[arg-type]
-        dropped = [False] * len(jobs)
-        for server, indices in by_server.items():
+                queued.setdefault(server, []).append(i)
+            elif stop_running:
+                running.setdefault(server, []).append(handle)
+        for server, indices in queued.items():
             try:
                 with Admin(server, timeout=ADMIN_TIMEOUT, ssl=self.ssl) as admin:
                     answers = admin.cancel_many([jobs[i].handle or b"" for i in indices])
@@ -142,6 +151,8 @@ class PyexecCalls:
                 continue
             for i, answer in zip(indices, answers):
                 dropped[i] = answer
+        if running and self._signer is not None:
+            stop_jobs(self._signer, running, ssl=self.ssl)
         return dropped
 
 

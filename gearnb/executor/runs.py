@@ -20,7 +20,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 from ..client.submission import EV_DATA, EV_END, EV_STATUS, EV_WARNING, Submission
-from ..errors import ServerError
+from ..errors import ServerError, WorkerDied
 from ..pyexec import envelope
 from ..pyexec.envelope import FunctionBlob
 from ..pyexec.signing import RefusedPayload
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from .calls import PyexecCalls
 
 SMALL_CODE = 8 * 1024  # bytes of pickled function that always travel with every chunk
+# A task whose process dies is tried this many times in all, each time in a fresh process, as
+# dask does (distributed.scheduler.allowed-failures): a crash is often the task's own doing.
+DEFAULT_CRASH_ATTEMPTS = 3
 
 # A settled piece of a run: (first index, values of consecutive indices, {offset: exception}).
 Piece = tuple[int, list[Any], dict[int, BaseException]]
@@ -41,7 +44,7 @@ class Chunk:
     a retry), their positional arguments as ``columns`` (one list per argument position) and,
     for a single ``submit()`` call, its keyword arguments (``kwargs``; None for a map)."""
 
-    __slots__ = ("run", "indices", "columns", "kwargs", "attempts", "sub", "with_code", "call")
+    __slots__ = ("run", "indices", "columns", "kwargs", "attempts", "crashes", "sub", "with_code", "call")
 
     def __init__(self, run: Run, indices: Sequence[int], columns: list[list[Any]],
                  kwargs: dict[str, Any] | None = None) -> None:
@@ -49,7 +52,8 @@ class Chunk:
         self.indices = indices
         self.columns = columns
         self.kwargs = kwargs
-        self.attempts = 0
+        self.attempts = 0  # retries after an exception (``retries``)
+        self.crashes = 0  # times the process running it died (``crash_attempts``)
         self.sub: Submission | None = None
         self.with_code = False
         self.call = None  # the CallId of its latest job: only that call's result is accepted
@@ -112,8 +116,10 @@ class Run:
     single = False  # one call (submit): its output is tagged without an item number
 
     def __init__(self, calls: PyexecCalls, fn: Callable[..., Any], *, retries: int = 0,
-                 priority: str = "normal", progress: Any = None, code_sends: int = 1) -> None:
+                 priority: str = "normal", progress: Any = None, code_sends: int = 1,
+                 crash_attempts: int = DEFAULT_CRASH_ATTEMPTS) -> None:
         self.calls = calls
+        self.crash_attempts = max(1, crash_attempts)
         self.blob = FunctionBlob(fn)
         self.label = getattr(fn, "__name__", None) or type(fn).__name__
         self.retries = retries
@@ -147,6 +153,8 @@ class Run:
         except envelope.NeedCode:
             chunk.with_code = True
             return Settled([], [chunk])
+        except WorkerDied as died:
+            return self._died(chunk, died)
         except BaseException as exc:  # the whole chunk failed (job failed, refused, no server)
             if isinstance(exc, ServerError) and exc.code == "QUEUE_ERROR":
                 return Settled([], [], backlog=True)
@@ -159,6 +167,22 @@ class Run:
                       chunk.kwargs)
         again.attempts = chunk.attempts + 1
         return Settled(pieces, [again])
+
+
+    def _died(self, chunk: Chunk, died: WorkerDied) -> Settled:
+        """The process running the chunk died: try again in a fresh one, each item on its own
+        (so one that kills its process is found and the others are not lost with it), until
+        an item has crashed ``crash_attempts`` times: then it fails with WorkerDied."""
+        crashes = chunk.crashes + 1
+        if len(chunk.indices) > 1 or crashes < self.crash_attempts:
+            parts = []
+            for i in range(len(chunk.indices)):
+                part = Chunk(self, [chunk.indices[i]], [[column[i]] for column in chunk.columns], chunk.kwargs)
+                part.attempts, part.crashes = chunk.attempts, crashes
+                parts.append(part)
+            return Settled([], parts)
+        error = WorkerDied(died.how, crashes)
+        return Settled([(chunk.indices[0], [None], {0: error})], [])
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -174,8 +198,8 @@ class CallRun(Run):
 
     def __init__(self, calls: PyexecCalls, fn: Callable[..., Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any], future: concurrent.futures.Future, *, retries: int = 0,
-                 priority: str = "normal") -> None:
-        super().__init__(calls, fn, retries=retries, priority=priority)
+                 priority: str = "normal", crash_attempts: int = DEFAULT_CRASH_ATTEMPTS) -> None:
+        super().__init__(calls, fn, retries=retries, priority=priority, crash_attempts=crash_attempts)
         self.future = future
         self.chunk = Chunk(self, range(1), [[arg] for arg in args], kwargs)
         # cancel() and the I/O thread meet here: an end that arrives while a cancel is being
@@ -220,14 +244,16 @@ class CallRun(Run):
         else:
             self.future.set_result(values[0])
 
-    def cancel(self) -> bool:
-        """Drop the call's job from its server's queue if no worker took it yet."""
-        return cancel_calls([self])[0]
+    def cancel(self, force: bool = False) -> bool:
+        """Drop the call's job from its server's queue if no worker took it yet; with
+        ``force``, also stop it where it runs."""
+        return cancel_calls([self], force)[0]
 
 
-def cancel_calls(runs: list[CallRun]) -> list[bool]:
+def cancel_calls(runs: list[CallRun], force: bool = False) -> list[bool]:
     """Cancel the queued jobs of several submit() calls together (one admin round trip per
-    job server); True for each whose job was dropped before a worker took it."""
+    job server); True for each whose job was dropped before a worker took it. With ``force``,
+    jobs already running are stopped on their workers too, and count as cancelled."""
     for run in runs:
         with run._lock:
             run._cancelling = True
@@ -235,9 +261,9 @@ def cancel_calls(runs: list[CallRun]) -> list[bool]:
     try:
         live = [i for i, run in enumerate(runs) if run.chunk.sub is not None and not run.chunk.sub.finished]
         if live:
-            answers = runs[0].calls.cancel([runs[i].chunk.sub for i in live])  # type: ignore[misc]
+            answers = runs[0].calls.cancel([runs[i].chunk.sub for i in live], stop_running=force)  # type: ignore[misc]
             for i, answer in zip(live, answers):
-                dropped[i] = answer
+                dropped[i] = answer or force
     finally:
         for i, run in enumerate(runs):
             with run._lock:

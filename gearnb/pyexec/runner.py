@@ -16,7 +16,7 @@ import sys
 from collections import OrderedDict
 from typing import Any, Callable
 
-from ..errors import WorkException
+from ..errors import TaskStopped, WorkException
 from ..buffers import BufferList
 from ..worker import Job
 from . import envelope
@@ -75,6 +75,7 @@ class PyexecRunner:
         self.function_name = function_name.encode()
         self.functions: OrderedDict[bytes, Any] = OrderedDict()
         self.replay_guard = ReplayGuard()
+        self.stop_requested = False  # see stop()
 
     def __call__(self, job: Job) -> bytes | BufferList:
         name = job.function.encode()
@@ -105,7 +106,10 @@ class PyexecRunner:
                     f"where the workers run, or call cloudpickle.register_pickle_by_value(module) before "
                     f"submitting to send its code along", name=exc.name)
             raise WorkException(self.signer.sign_result(name, call, [envelope.encode_failure(exc)])) from None
-        result = self._run(job, fn, calls, columns is not None)
+        try:
+            result = self._run(job, fn, calls, columns is not None)
+        except TaskStopped as exc:
+            raise WorkException(self.signer.sign_result(name, call, [envelope.encode_failure(exc)])) from None
         if not msg.get("ch") and 0 in result[1]:
             # A single call that raised: WORK_EXCEPTION, so Gearman tools see a failure.
             raise WorkException(self.signer.sign_result(name, call, result[2]))
@@ -133,7 +137,11 @@ class PyexecRunner:
 
     def _run(self, job: Job, fn: Any, calls: Any, columns: bool = False) -> tuple[list[Any], dict[int, Any], list[Any]]:
         """Call ``fn`` on each of ``calls`` (``(args, kwargs)`` pairs, or with ``columns`` the
-        argument columns of a map chunk); returns values, error records and the result body."""
+        argument columns of a map chunk); returns values, error records and the result body.
+
+        Whatever a call raises is that call's error, ``BaseException`` included (``sys.exit``,
+        a KeyboardInterrupt raised by the task itself): the worker carries on. A stop asked for
+        by the caller (:meth:`stop`, SIGINT in a task process) ends the whole chunk."""
         global _current
         values: list[Any] = []
         errors: dict[int, dict[str, Any]] = {}
@@ -142,29 +150,27 @@ class PyexecRunner:
         saved = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = out, err
         _current = job
+        self.stop_requested = False
         try:
             if not columns:
                 for index, (args, kwargs) in enumerate(calls):
                     try:
                         values.append(fn(*args, **kwargs))
-                    except Exception as exc:  # noqa: BLE001 - goes back to the caller
-                        values.append(None)
-                        errors[index] = envelope.error_record(exc, skip_frames=1)  # from the user's function on
+                    except BaseException as exc:  # noqa: BLE001 - goes back to the caller
+                        values.append(self._failed(index, exc, errors))
             elif len(calls) == 1:  # map(fn, items): the common case, one argument per call
                 append = values.append
                 for index, item in enumerate(calls[0]):
                     try:
                         append(fn(item))
-                    except Exception as exc:  # noqa: BLE001 - goes back to the caller
-                        append(None)
-                        errors[index] = envelope.error_record(exc, skip_frames=1)  # from the user's function on
+                    except BaseException as exc:  # noqa: BLE001 - goes back to the caller
+                        append(self._failed(index, exc, errors))
             else:
                 for index, args in enumerate(zip(*calls)):
                     try:
                         values.append(fn(*args))
-                    except Exception as exc:  # noqa: BLE001 - goes back to the caller
-                        values.append(None)
-                        errors[index] = envelope.error_record(exc, skip_frames=1)  # from the user's function on
+                    except BaseException as exc:  # noqa: BLE001 - goes back to the caller
+                        values.append(self._failed(index, exc, errors))
         finally:
             _current = None
             sys.stdout, sys.stderr = saved
@@ -176,3 +182,15 @@ class PyexecRunner:
             errors = {i: envelope.error_record(exc) for i in range(len(values))}
             body = envelope.encode_result_parts([None] * len(values), errors)
         return values, errors, body
+
+    def _failed(self, index: int, exc: BaseException, errors: dict[int, dict[str, Any]]) -> None:
+        """Record call ``index``'s exception; a stop the caller asked for ends the chunk."""
+        if self.stop_requested:
+            raise TaskStopped("stopped: its caller gave up on it") from None
+        errors[index] = envelope.error_record(exc, skip_frames=1)  # from the user's function on
+
+    def stop(self, signum: int = 0, frame: Any = None) -> None:
+        """Stop the running task: a KeyboardInterrupt in it, and no further call of its chunk
+        (a SIGINT handler in a task process; callable from the thread running the task)."""
+        self.stop_requested = True
+        raise KeyboardInterrupt

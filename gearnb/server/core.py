@@ -43,6 +43,10 @@ log = logging.getLogger("gearnb.server")
 
 Handler = Callable[["Connection", Sequence[bytes]], None]
 NO_JOB_PACKET = pack(RES, PT.NO_JOB, ())
+# A job whose worker's connection dropped this many times while running it is failed
+# (WORK_FAIL to its clients) instead of being queued again. gearmand's default is 0, "for
+# ever": one job that kills every worker that takes it then keeps a cluster busy for ever.
+DEFAULT_JOB_RETRIES = 3
 
 
 class JobServer:
@@ -58,7 +62,7 @@ class JobServer:
         *,
         timers: Timers | None = None,
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
-        job_retries: int = 0,
+        job_retries: int = DEFAULT_JOB_RETRIES,
         handle_prefix: str | None = None,
         exceptions_default: bool = False,
         queue: Queue | None = None,
@@ -68,7 +72,7 @@ class JobServer:
         self.max_packet_size = max_packet_size
         # CAN_DO_TIMEOUT in seconds, as the Perl Gearman::Server reads it and Perl workers send it.
         self.can_do_timeout_seconds = can_do_timeout_seconds
-        # gearmand 1.1.x: 0 means unlimited; N means a job whose worker died N times is failed.
+        # As gearmand 1.1.x: 0 means unlimited; N means a job whose worker died N times is failed.
         self.job_retries = job_retries
         self.exceptions_default = exceptions_default
         self.handles = handles(handle_prefix)
