@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import struct
@@ -293,6 +294,18 @@ class _RelayedJob:
         send_frame(self._sock, WARNING, data.encode() if isinstance(data, str) else bytes(data))
 
 
+def _idle(sock: socket.socket, runner: Any) -> None:
+    """Wait for the next job; meanwhile drop the shared values callers release (sharing.py),
+    so a finished map's data does not stay mapped in an idle worker."""
+    links = runner.links
+    while links is not None and links.filenos():
+        readable, _, _ = select.select([sock, *links.filenos()], [], [])
+        if sock in readable:
+            return
+        for link in readable:
+            links.poll(link)
+
+
 def task_main(fd: int, function_name: str) -> int:
     """The task process: run the jobs its worker sends, one at a time, until it goes away."""
     from .keys import load_key
@@ -310,6 +323,7 @@ def task_main(fd: int, function_name: str) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     send_frame(sock, DATA, READY)
     while True:
+        _idle(sock, runner)
         frame = recv_frame(sock)
         if frame is None:
             return 0

@@ -19,16 +19,20 @@ from typing import Any, Callable
 from ..errors import TaskStopped, WorkException
 from ..buffers import BufferList
 from ..worker import Job
-from . import envelope
+from . import envelope, sharing
 from .replay import NotRun, ReplayGuard
-from .signing import RefusedPayload, Signer
+from .signing import CallId, RefusedPayload, Signer
 
 log = logging.getLogger("gearnb.pyexec")
 
 PYEXEC = "pyexec"
 # Functions kept unpickled per worker, by digest. A sweep uses a handful; 256 bounds memory
-# for a long-lived worker that sees many notebooks' functions.
+# for a long-lived worker that sees many notebooks' functions...
 FUNCTION_CACHE_SIZE = 256
+# ...and so do the bytes of the arrays they capture, when those came in the job rather than
+# shared (a function's shared buffers are dropped when its caller releases them, at the end of
+# its map): a few 200 MB captured datasets.
+FUNCTION_CACHE_BYTES = 1 << 30
 
 _current: Job | None = None  # the job this process is running, for report()
 
@@ -73,8 +77,14 @@ class PyexecRunner:
     def __init__(self, key: bytes, function_name: str = PYEXEC) -> None:
         self.signer = Signer(key)
         self.function_name = function_name.encode()
-        self.functions: OrderedDict[bytes, Any] = OrderedDict()
+        # digest -> (function, tokens of its shared buffers, bytes of its buffers sent inline)
+        self.functions: OrderedDict[bytes, tuple[Any, frozenset[bytes], int]] = OrderedDict()
+        self._function_bytes = 0
         self.replay_guard = ReplayGuard()
+        # Connections to callers' value stores (large values through shared memory, sharing.py).
+        self.links = sharing.StoreLinks() if sharing.available() else None
+        if self.links is not None:
+            self.links.on_release = self._released
         self.stop_requested = False  # see stop()
 
     def __call__(self, job: Job) -> bytes | BufferList:
@@ -92,9 +102,18 @@ class PyexecRunner:
             log.warning("refused job %r: %s", job.handle, exc)
             # Plain text, unsigned: the caller shows it, never unpickles it.
             raise WorkException(f"gearnb worker refused the job: {exc}".encode()) from None
+        if self.links is not None:
+            self.links.poll()  # values its callers released meanwhile
         try:
             msg = envelope.decode_call(body)
-            fn = self._function(msg)
+            store = msg.get("sa")
+            try:
+                tokens = envelope.resolve_shared(msg, None if self.links is None or store is None
+                                                 else lambda ref: self.links.fetch(store, ref))  # type: ignore[union-attr]
+            except sharing.SharedUnavailable as exc:
+                log.info("job %r: %s; asking for it inline", job.handle, exc)
+                return self.signer.sign_result(name, call, [envelope.encode_need_inline(str(exc))])
+            fn = self._function(msg, tokens)
             if fn is None:
                 return self.signer.sign_result(name, call, [envelope.encode_need_code()])
             columns = envelope.call_columns(msg)
@@ -107,7 +126,7 @@ class PyexecRunner:
                     f"submitting to send its code along", name=exc.name)
             raise WorkException(self.signer.sign_result(name, call, [envelope.encode_failure(exc)])) from None
         try:
-            result = self._run(job, fn, calls, columns is not None)
+            result = self._run(job, fn, calls, columns is not None, self._result_sharer(store, call))
         except TaskStopped as exc:
             raise WorkException(self.signer.sign_result(name, call, [envelope.encode_failure(exc)])) from None
         if not msg.get("ch") and 0 in result[1]:
@@ -120,22 +139,44 @@ class PyexecRunner:
             return self.signer.signed_result_parts(name, call, parts)
         return self.signer.sign_result(name, call, parts)
 
-    def _function(self, msg: dict[str, Any]) -> Any:
+    def _function(self, msg: dict[str, Any], tokens: dict[int, bytes]) -> Any:
         digest = msg["fd"]
-        fn = self.functions.get(digest)
-        if fn is not None:
+        entry = self.functions.get(digest)
+        if entry is not None:
             self.functions.move_to_end(digest)
-            return fn
-        code = msg.get("fc")
-        if code is None:
+            return entry[0]
+        if msg.get("fc") is None:
             return None
-        fn = pickle.loads(code)
-        self.functions[digest] = fn
-        if len(self.functions) > FUNCTION_CACHE_SIZE:
-            self.functions.popitem(last=False)
+        fn = envelope.load_function(msg)
+        own = msg.get("zb", ())[:msg.get("fn", 0)]  # the function's buffers come first
+        shared = frozenset(tokens[i] for i in range(len(own)) if i in tokens)
+        inline = sum(memoryview(own[i]).nbytes for i in range(len(own)) if i not in tokens)
+        self.functions[digest] = (fn, shared, inline)
+        self._function_bytes += inline
+        while len(self.functions) > FUNCTION_CACHE_SIZE or (
+                self._function_bytes > FUNCTION_CACHE_BYTES and len(self.functions) > 1):
+            self._function_bytes -= self.functions.popitem(last=False)[1][2]
         return fn
 
-    def _run(self, job: Job, fn: Any, calls: Any, columns: bool = False) -> tuple[list[Any], dict[int, Any], list[Any]]:
+    def _released(self, tokens: set[bytes]) -> None:
+        """Callers released shared values: forget the functions that captured them."""
+        for digest in [d for d, (_, shared, _) in self.functions.items() if shared & tokens]:
+            self._function_bytes -= self.functions.pop(digest)[2]
+
+    def _result_sharer(self, store: Any, call: CallId) -> Any:
+        """Where a large result goes: the caller's value store, if this process reaches it."""
+        if self.links is None or not isinstance(store, bytes):
+            return None
+        links = self.links
+
+        class _Deliver:
+            def share(self, raw: memoryview, pin: bool = False) -> list[Any] | None:
+                return links.deliver(store, call.nonce, [raw])
+
+        return _Deliver()
+
+    def _run(self, job: Job, fn: Any, calls: Any, columns: bool = False,
+             sharer: Any = None) -> tuple[list[Any], dict[int, Any], list[Any]]:
         """Call ``fn`` on each of ``calls`` (``(args, kwargs)`` pairs, or with ``columns`` the
         argument columns of a map chunk); returns values, error records and the result body.
 
@@ -177,7 +218,7 @@ class PyexecRunner:
             out.flush()
             err.flush()
         try:
-            body = envelope.encode_result_parts(values, errors)
+            body = envelope.encode_result_parts(values, errors, sharer)
         except Exception as exc:  # noqa: BLE001 - a result that does not serialise
             errors = {i: envelope.error_record(exc) for i in range(len(values))}
             body = envelope.encode_result_parts([None] * len(values), errors)
