@@ -71,6 +71,19 @@ class _JobStream(io.TextIOBase):
             self._send(text.encode(errors="replace"))
 
 
+class _Deliver:
+    """The sharer of a result (an :class:`~gearnb.pyexec.envelope.Sharer`): a large buffer goes
+    to the caller's value store, tagged with the call's nonce, or inline if it is out of reach."""
+
+    __slots__ = ("links", "store", "nonce")
+
+    def __init__(self, links: sharing.StoreLinks, store: bytes, nonce: bytes) -> None:
+        self.links, self.store, self.nonce = links, store, nonce
+
+    def share(self, raw: memoryview, pin: bool = False) -> list[Any] | None:
+        return self.links.deliver(self.store, self.nonce, [raw])
+
+
 class PyexecRunner:
     """Callable as a worker function: ``worker.register("pyexec", PyexecRunner(key))``."""
 
@@ -163,17 +176,11 @@ class PyexecRunner:
         for digest in [d for d, (_, shared, _) in self.functions.items() if shared & tokens]:
             self._function_bytes -= self.functions.pop(digest)[2]
 
-    def _result_sharer(self, store: Any, call: CallId) -> Any:
+    def _result_sharer(self, store: Any, call: CallId) -> _Deliver | None:
         """Where a large result goes: the caller's value store, if this process reaches it."""
         if self.links is None or not isinstance(store, bytes):
             return None
-        links = self.links
-
-        class _Deliver:
-            def share(self, raw: memoryview, pin: bool = False) -> list[Any] | None:
-                return links.deliver(store, call.nonce, [raw])
-
-        return _Deliver()
+        return _Deliver(self.links, store, call.nonce)
 
     def _run(self, job: Job, fn: Any, calls: Any, columns: bool = False,
              sharer: Any = None) -> tuple[list[Any], dict[int, Any], list[Any]]:
