@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import cloudpickle
@@ -105,6 +106,10 @@ def identity(a):
     return a
 
 
+def store_value_count(ex: gearnb.Executor) -> int:
+    return ex.calls.store.shared_count
+
+
 def test_a_large_array_goes_there_and_back_through_shared_memory(cluster):
     ex, workers = cluster
     before = dev_shm()
@@ -115,8 +120,15 @@ def test_a_large_array_goes_there_and_back_through_shared_memory(cluster):
     sub = future.run.chunk.sub
     # Neither the call nor the answer carried the array: each held a reference to its memfd.
     assert len(sub.data) < 64 * 1024 and len(sub.result) < 64 * 1024
-    back[0] = -1.0  # the answer's mapping is copy-on-write: writable, and private to us
-    assert back[0] == -1.0 and array[0] != -1.0
+    # The task got the argument read-only (as from a job's payload) and returned it as it was:
+    # the answer names the caller's own memfd, nothing was copied back.
+    assert not back.flags.writeable and store_value_count(ex) >= 1
+    # A new array comes back in a memfd of its own, mapped copy-on-write: writable, and private.
+    doubled = ex.submit(lambda a: a * 2, array).result(timeout=60)
+    assert np.array_equal(doubled, array * 2)
+    doubled[0] = -1.0
+    assert doubled[0] == -1.0 and array[0] != -1.0
+    del doubled
     # A value passed to every call (and one captured by the function) is shared once, and each
     # task process fetches it once, whatever the number of chunks.
     store = ex.calls.store
@@ -127,6 +139,9 @@ def test_a_large_array_goes_there_and_back_through_shared_memory(cluster):
     assert got == [i * 1000 + 5 for i in range(40)]
     assert store.shared_count - shared == 2
     assert 2 <= store.fetch_count - fetches <= 2 * len(task_pids(workers))
+    # An argument that does not pickle fails the submit, and shares nothing.
+    with pytest.raises(TypeError):
+        ex.submit(identity, [array, threading.Lock()])
     # The map ended: the caller released both, and the idle task processes dropped them.
     del back, future, sub
     wait_until(lambda: not memfds_held([os.getpid(), *_tree(workers.proc.pid)]), timeout=20)
@@ -240,7 +255,6 @@ def test_kill_9_of_a_task_process_or_a_worker_leaves_no_shared_memory(gearnb_add
                         worker_pid = int(open(f"/proc/{task_pid}/stat").read().rsplit(")", 1)[1].split()[1])
                         os.kill(worker_pid, signal.SIGKILL)
 
-                    import threading
                     killer = threading.Thread(target=kill_its_worker)
                     killer.start()
                 got = ex.gmap(task, range(4), [str(flags)] * 4, [victim] * 4, chunksize=1, timeout=120)

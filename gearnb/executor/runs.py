@@ -150,10 +150,15 @@ class Run:
             self.code_sends_left -= 1
             sharer = None if shares is None or chunk.inline else shares.for_chunk()
             carried = chunk.tokens
-            chunk.sub = self.calls.job(self.blob, chunk, with_code, self.priority, chunk.event, sharer)
+            try:
+                chunk.sub = self.calls.job(self.blob, chunk, with_code, self.priority, chunk.event, sharer)
+            except BaseException:  # an argument that does not pickle: the run ends here
+                if shares is not None:
+                    shares.close()
+                raise
             jobs.append(chunk.sub)
+            chunk.tokens = [] if sharer is None else sharer.tokens
             if sharer is not None:
-                chunk.tokens = sharer.tokens
                 shares.carried(sharer.tokens)  # type: ignore[union-attr]
             if carried and shares is not None:  # the same chunk sent again: what it carried before
                 shares.settled(carried)

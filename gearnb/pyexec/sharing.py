@@ -106,9 +106,10 @@ def seal(buffers: list[memoryview]) -> int:
     return fd
 
 
-def map_sealed(fd: int, size: int) -> memoryview:
-    """A copy-on-write mapping of a sealed memfd of ``size`` bytes (``fd`` stays open).
-    Raises :class:`SharedUnavailable` for anything else: not sealed, another size."""
+def map_sealed(fd: int, size: int, writable: bool = True) -> memoryview:
+    """A mapping of a sealed memfd of ``size`` bytes (``fd`` stays open): copy-on-write, or
+    read-only (a worker's arguments, read-only as when they come in the job). Raises
+    :class:`SharedUnavailable` for anything else: not sealed, another size."""
     try:
         seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
         actual = os.fstat(fd).st_size
@@ -122,7 +123,17 @@ def map_sealed(fd: int, size: int) -> memoryview:
         return memoryview(b"")
     # ACCESS_COPY: MAP_PRIVATE, writable: an array unpickled from it can be written to, and the
     # writes stay in this process (the memfd is sealed: nobody changes what others see).
-    return memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_COPY))
+    return memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_COPY if writable else mmap.ACCESS_READ))
+
+
+def _address(buffer: memoryview) -> int | None:
+    """Where ``buffer``'s memory starts (numpy reads it for read-only buffers too); None
+    without numpy."""
+    try:
+        import numpy
+    except ImportError:
+        return None
+    return int(numpy.frombuffer(buffer, dtype=numpy.uint8).ctypes.data)
 
 
 def _send(sock: socket.socket, kind: bytes, token: bytes, nonce: bytes = bytes(16), size: int = 0,
@@ -228,8 +239,12 @@ class ValueStore:
                 os.close(self._delivered.pop(token).fd)
 
     def take(self, ref: Any, nonce: bytes, timeout: float = TAKE_TIMEOUT) -> memoryview:
-        """The mapping of a result the task process delivered for call ``nonce``."""
+        """The mapping of a result the task process delivered for call ``nonce`` - or, for a
+        reference with an offset, of the part of one of this process's own values that the
+        task returned as it got it (an argument, or a slice of one: no copy either way)."""
         token, size = _parse_ref(ref)
+        if len(ref) == 3:
+            return self._own(token, ref[2], size)
         deadline = time.monotonic() + timeout
         with self._lock:
             while token not in self._delivered:
@@ -245,6 +260,21 @@ class ValueStore:
             return map_sealed(delivered.fd, size)
         finally:
             os.close(delivered.fd)
+
+    def _own(self, token: bytes, offset: Any, size: int) -> memoryview:
+        with self._lock:
+            entry = self._values.get(token)
+            fd = -1 if entry is None else os.dup(entry[0])
+        if entry is None or not isinstance(offset, int) or offset < 0 or offset + size > entry[1]:
+            if fd >= 0:
+                os.close(fd)
+            raise SharedUnavailable("a result naming a part of a value this process no longer holds")
+        try:
+            start = offset - offset % mmap.ALLOCATIONGRANULARITY
+            mapping = mmap.mmap(fd, offset + size - start, access=mmap.ACCESS_COPY, offset=start)
+        finally:
+            os.close(fd)
+        return memoryview(mapping)[offset - start:offset - start + size]
 
     # -- the store's thread ---------------------------------------------------------------------
     def _serve(self) -> None:
@@ -405,7 +435,8 @@ if hasattr(os, "register_at_fork"):
 
 
 def _parse_ref(ref: Any) -> tuple[bytes, int]:
-    if (not isinstance(ref, (list, tuple)) or len(ref) != 2 or not isinstance(ref[0], bytes)
+    """``[token, size]``, or ``[token, size, offset]`` for a part of the caller's own value."""
+    if (not isinstance(ref, (list, tuple)) or len(ref) not in (2, 3) or not isinstance(ref[0], bytes)
             or len(ref[0]) != TOKEN_SIZE or not isinstance(ref[1], int) or ref[1] < 0):
         raise SharedUnavailable("a malformed shared-value reference")
     return ref[0], ref[1]
@@ -509,6 +540,7 @@ class StoreLinks:
         self._links: dict[bytes, socket.socket] = {}
         self._unreachable: OrderedDict[bytes, None] = OrderedDict()
         self.mapped: dict[bytes, memoryview] = {}  # token -> mapping, while its caller holds it
+        self._regions: dict[bytes, tuple[int, bytes]] = {}  # token -> (where it is mapped, store)
         self._mapped_from: dict[bytes, set[bytes]] = {}  # store address -> tokens mapped from it
         self.on_release: Callable[[set[bytes]], None] | None = None
 
@@ -567,10 +599,13 @@ class StoreLinks:
                 os.close(fd)
             raise SharedUnavailable("the caller no longer holds that shared value")
         try:
-            view = map_sealed(fds[0], size)
+            view = map_sealed(fds[0], size, writable=False)
         finally:
             os.close(fds[0])
         self.mapped[token] = view
+        start = _address(view) if size else None
+        if start is not None:
+            self._regions[token] = (start, address)
         self._mapped_from.setdefault(address, set()).add(token)
         return view
 
@@ -581,6 +616,9 @@ class StoreLinks:
             sock = self._link(address)
         except SharedUnavailable:
             return None
+        own = self._within_argument(address, buffers)
+        if own is not None:
+            return own
         fd = seal(buffers)
         size = sum(b.nbytes for b in buffers)
         token = secrets.token_bytes(TOKEN_SIZE)
@@ -592,6 +630,21 @@ class StoreLinks:
         finally:
             os.close(fd)
         return [token, size]
+
+    def _within_argument(self, address: bytes, buffers: list[memoryview]) -> list[Any] | None:
+        """A result buffer that is (part of) an argument the caller shared, as the task got it
+        (read-only: unchanged): a reference to the caller's own value, nothing copied."""
+        if len(buffers) != 1 or not self._regions:
+            return None
+        start = _address(buffers[0])
+        if start is None:
+            return None
+        size = buffers[0].nbytes
+        for token, (base, store) in self._regions.items():
+            view = self.mapped.get(token)
+            if store == address and view is not None and base <= start and start + size <= base + view.nbytes:
+                return [token, size, start - base]
+        return None
 
     def filenos(self) -> list[socket.socket]:
         return list(self._links.values())
@@ -628,6 +681,7 @@ class StoreLinks:
     def _released(self, address: bytes, tokens: set[bytes]) -> None:
         for token in tokens:
             self.mapped.pop(token, None)
+            self._regions.pop(token, None)
         self._mapped_from.get(address, set()).difference_update(tokens)
         if self.on_release is not None:
             self.on_release(tokens)
