@@ -7,7 +7,7 @@ read into a :class:`Decoder` and write whatever :func:`encode` returns.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any
 
 from ..buffers import BufferList, join_bytes, new_bytes
 from .packets import (

@@ -23,7 +23,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from ..protocol import ADMIN_LINE, DEFAULT_MAX_PACKET_SIZE, HIGH, NORMAL, PT, RES, SUBMIT_TYPES, ProtocolError
+from ..protocol import ADMIN_LINE, DEFAULT_MAX_PACKET_SIZE, HIGH, PT, RES, SUBMIT_TYPES, ProtocolError
 from ..protocol import pack, pack_parts
 from ..protocol.codec import BIG_PACKET, RECV_BUFFER
 from ..protocol.packets import ARG_COUNT, MAX_UNIQUE_SIZE
