@@ -35,7 +35,9 @@ KEY = b"s" * 32
 MEMFD_NAME = "memfd:gearnb-value"
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-pytestmark = pytest.mark.skipif(not sharing.available(), reason="no memfd / abstract sockets here")
+# Without memfd and abstract sockets (not Linux) there is nothing to test; under CI=true the
+# tests run anyway and fail, as peers.need() does for a missing peer.
+pytestmark = pytest.mark.skipif(not sharing.available() and not IN_CI, reason="no memfd / abstract sockets here")
 
 
 def _tree(root: int) -> list[int]:
