@@ -21,7 +21,7 @@ from ..buffers import BufferList
 from ..worker import Job
 from . import envelope, sharing
 from .replay import NotRun, ReplayGuard
-from .signing import CallId, RefusedPayload, Signer
+from .signing import MAC_SIZE, MAGIC, PREFIX_SIZE, CallId, RefusedPayload, Signer
 
 log = logging.getLogger("gearnb.pyexec")
 
@@ -87,8 +87,11 @@ class _Deliver:
 class PyexecRunner:
     """Callable as a worker function: ``worker.register("pyexec", PyexecRunner(key))``."""
 
-    def __init__(self, key: bytes, function_name: str = PYEXEC) -> None:
+    def __init__(self, key: bytes, function_name: str = PYEXEC, slot: Any = None) -> None:
         self.signer = Signer(key)
+        # In a task process: the guard's JobSlot, told each job's call once it is verified, so
+        # the guard can answer for the call if this process dies (isolation.py).
+        self.slot = slot
         self.function_name = function_name.encode()
         # digest -> (function, tokens of its shared buffers, bytes of its buffers sent inline)
         self.functions: OrderedDict[bytes, tuple[Any, frozenset[bytes], int]] = OrderedDict()
@@ -101,9 +104,30 @@ class PyexecRunner:
         self.stop_requested = False  # see stop()
 
     def __call__(self, job: Job) -> bytes | BufferList:
+        self.stop_requested = False
+        try:
+            return self._answer(job)
+        except KeyboardInterrupt:
+            if not self.stop_requested:
+                raise
+            # Stopped outside its calls (decoding, encoding): the whole job is answered so.
+            raise self._stopped(job) from None
+
+    def _stopped(self, job: Job) -> WorkException:
+        """The answer of a job stopped on its caller's request, signed for its call."""
+        data = job.data
+        if len(data) < PREFIX_SIZE or not data.startswith(MAGIC):
+            return WorkException(b"gearnb worker: stopped: its caller gave up on it")
+        call = CallId(bytes(data[len(MAGIC):len(MAGIC) + MAC_SIZE]), bytes(data[len(MAGIC) + MAC_SIZE:PREFIX_SIZE]))
+        error = TaskStopped("stopped: its caller gave up on it")
+        return WorkException(self.signer.sign_result(job.function.encode(), call, [envelope.encode_failure(error)]))
+
+    def _answer(self, job: Job) -> bytes | BufferList:
         name = job.function.encode()
         try:
             body, call = self.signer.verify_call(name, job.data)
+            if self.slot is not None:
+                self.slot.call(name, job.data)
             self.replay_guard.admit(call, job.handle)
         except NotRun as exc:
             log.warning("did not run job %r: %s", job.handle, exc)
@@ -198,7 +222,6 @@ class PyexecRunner:
         saved = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = out, err
         _current = job
-        self.stop_requested = False
         try:
             if not columns:
                 for index, (args, kwargs) in enumerate(calls):
