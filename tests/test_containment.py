@@ -229,3 +229,21 @@ def test_jupyter_interrupt_stops_the_map_and_leaves_the_cluster_usable(kernel):
     assert line1.startswith("[1, 2, 3, 4]") and float(line1.split()[-1]) < 5, line1
     assert line2.split() == pids  # nothing was killed by the interrupt: same server, same workers
     wait_until(lambda: pyexec("total") == 0, timeout=10)  # nothing of the first map queued or running
+
+
+def test_a_worker_with_a_key_file_runs_tasks(gearnb_address, tmp_path):
+    """The key reaches the task process also when the worker got it from --key-file."""
+    import subprocess
+
+    key_file = tmp_path / "cluster.key"
+    subprocess.run([sys.executable, "-m", "gearnb", "key", "new", str(key_file)], check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("GEARNB_KEY", "GEARNB_KEY_FILE", "GEARNB_WORKER_CHILD")}
+    proc = subprocess.Popen([sys.executable, "-m", "gearnb", "worker", "--servers", gearnb_address,
+                             "--key-file", str(key_file)], env=env)
+    try:
+        ex = gearnb.Executor(gearnb_address, key_file=str(key_file))
+        assert ex.gmap(abs, [-1, -2, -3], timeout=60) == [1, 2, 3]
+        ex.shutdown(wait=False)
+    finally:
+        proc.terminate()
+        proc.wait(30)

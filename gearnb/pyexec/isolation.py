@@ -141,6 +141,7 @@ class Guard:
     def __init__(self, servers: Sequence[str], key: bytes | None, argv: list[str], *, ssl_context: Any = None) -> None:
         self.servers = list(servers)
         self.signer = Signer(key) if key else None
+        self.key = key  # handed to each task process in its environment (which it then forgets)
         self.argv = argv  # the task process's arguments after ``-m gearnb.pyexec.isolation``
         self.ssl_context = ssl_context
         self.slot = JobSlot()
@@ -177,6 +178,10 @@ class Guard:
         env = dict(os.environ, **{PARENT_ENV: str(os.getpid()),
                                   SOCKETS_ENV: ",".join(f"{i}:{s.fileno()}" for i, s in self.connections.items())})
         env.pop("GEARNB_WORKER_CHILD", None)
+        env.pop("GEARNB_KEY_FILE", None)
+        env.pop("GEARNB_KEY", None)
+        if self.key:
+            env["GEARNB_KEY"] = self.key.hex()
         self.slot.clear()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gearnb.pyexec.isolation", str(self.slot.fd), str(theirs.fileno()), *self.argv],
