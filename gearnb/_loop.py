@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import os
 import threading
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -70,6 +71,18 @@ class LoopThread:
 
 _shared: LoopThread | None = None
 _lock = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: the parent's I/O thread does not exist here (and its lock may have
+    been held at the fork); the child starts its own on first use."""
+    global _shared, _lock
+    _shared = None
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def io_loop() -> LoopThread:

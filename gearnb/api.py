@@ -22,6 +22,19 @@ from .pyexec.runner import report  # noqa: F401 - re-exported
 
 _default: Executor | None = None
 _lock = threading.Lock()
+# In a forked child (multiprocessing.Pool with the fork start method): the parent's default
+# executor, to connect to again - its client's I/O thread did not come along with the fork.
+_inherited: Executor | None = None
+
+
+def _forget_after_fork() -> None:
+    global _default, _inherited, _lock
+    _inherited, _default = _default, None
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def connect(servers: str | list[str], key: bytes | str | None = None, *, key_file: str | None = None,
@@ -54,7 +67,11 @@ def default_executor() -> Executor:
     global _default
     with _lock:
         if _default is None:
-            if os.environ.get("GEARMAN_SERVERS") and load_key():
+            if _inherited is not None:  # a forked child: the parent's servers and key
+                _default = Executor(_inherited.servers, _inherited._key, ssl=_inherited.ssl,
+                                    crash_attempts=_inherited.crash_attempts,
+                                    max_packet_size=_inherited.client.max_packet_size)
+            elif os.environ.get("GEARMAN_SERVERS") and load_key():
                 _default = Executor()
             else:
                 _default = LocalExecutor()

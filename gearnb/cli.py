@@ -9,6 +9,7 @@ import sys
 
 from . import __version__
 from .limits import MAX_PACKET_ENV, parse_size
+from .server.core import DEFAULT_JOB_RETRIES
 
 
 def _server(args: argparse.Namespace) -> int:
@@ -207,8 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="close a connection that sends no byte of a packet it started, or a slow client holding "
                         "workers that reads nothing, for this long (default 30)")
-    p.add_argument("--job-retries", type=int, default=0,
-                   help="fail a job after its worker died this many times (0: retry forever, as gearmand)")
+    p.add_argument("--job-retries", type=int, default=DEFAULT_JOB_RETRIES,
+                   help=f"fail a job after its worker died this many times (default {DEFAULT_JOB_RETRIES}; "
+                        "0: requeue it for ever, gearmand's default)")
     p.add_argument("--job-handle-prefix", default=None, help="job handles start with this (default H:<host>)")
     p.add_argument("--exceptions", action="store_true", help="send WORK_EXCEPTION to every client")
     p.add_argument("--can-do-timeout-seconds", action="store_true",

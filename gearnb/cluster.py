@@ -43,8 +43,9 @@ class LocalCluster:
     """
 
     def __init__(self, workers: int | None = None, *, port: int = 0, imports: tuple[str, ...] = (),
-                 max_packet_size: int | str | None = None) -> None:
+                 job_retries: int | None = None, max_packet_size: int | str | None = None) -> None:
         self.n_workers = workers or os.cpu_count() or 1
+        self.job_retries = job_retries  # the job server's --job-retries (None: its default)
         self.port = port or _free_port()
         self.imports = imports
         # The one limit (gearnb.limits), for the server and the workers alike; unset, they read
@@ -113,8 +114,11 @@ class LocalCluster:
     def _run(self) -> None:
         supervisor = self.supervisor
         try:
-            supervisor.start(SERVER, [sys.executable, "-m", "gearnb", "server", "--host", "127.0.0.1",
-                                      "--port", str(self.port), *self.limit_options], self._env(worker=False))
+            server = [sys.executable, "-m", "gearnb", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                      *self.limit_options]
+            if self.job_retries is not None:
+                server += ["--job-retries", str(self.job_retries)]
+            supervisor.start(SERVER, server, self._env(worker=False))
             self._wait_listening()
             env = self._env(worker=True)
             for i in range(self.n_workers):
@@ -174,6 +178,7 @@ class LocalExecutor(Executor):
 
     def __init__(self, workers: int | None = None, **options: Any) -> None:
         self.cluster = LocalCluster(workers, imports=tuple(options.pop("imports", ())),
+                                    job_retries=options.pop("job_retries", None),
                                     max_packet_size=options.get("max_packet_size")).start()
         super().__init__(self.cluster.address, key=self.cluster.key, **options)
 

@@ -116,5 +116,25 @@ class NoJobServers(GearmanError, ConnectionError):
     """No job server could be reached."""
 
 
+class WorkerDied(GearmanError):
+    """The process running a task died while running it: it exited (``os._exit``), was killed
+    by a signal (a segfault, the OOM killer's SIGKILL). ``how`` says which (``"was killed by
+    SIGSEGV"``); ``attempts`` how many times the task was tried, each time in a fresh process."""
+
+    def __init__(self, how: str, attempts: int = 1) -> None:
+        tried = f"; tried {attempts} times, each in a fresh process" if attempts > 1 else ""
+        super().__init__(f"the worker process running the task {how}{tried}")
+        self.how = how
+        self.attempts = attempts
+
+    def __reduce__(self) -> tuple:  # travels pickled from the worker
+        return WorkerDied, (self.how, self.attempts)
+
+
+class TaskStopped(GearmanError):
+    """A running task was stopped because its caller gave up on it (a cancel, a map's timeout,
+    Ctrl-C); its result, if it has one, is not wanted."""
+
+
 __all__ = ["GearmanError", "JobException", "JobFailed", "NoJobServers", "PacketTooLarge", "ProtocolError", "ServerError",
-           "WorkException"]
+           "TaskStopped", "WorkException", "WorkerDied"]

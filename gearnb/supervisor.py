@@ -52,14 +52,14 @@ def die_with_parent() -> None:
 
 
 def describe_exit(returncode: int) -> str:
-    """``exited with 1``, ``killed by SIGSEGV``, ``killed by SIGKILL (out of memory?)``."""
+    """``exited with 1``, ``was killed by SIGSEGV``, ``was killed by SIGKILL (out of memory? ...)``."""
     if returncode >= 0:
         return f"exited with {returncode}"
     try:
         name = signal.Signals(-returncode).name
     except ValueError:
         name = f"signal {-returncode}"
-    return f"killed by {name}" + (" (out of memory? the kernel's OOM killer sends SIGKILL)"
+    return f"was killed by {name}" + (" (out of memory? the kernel's OOM killer sends SIGKILL)"
                                   if -returncode == signal.SIGKILL else "")
 
 

@@ -39,7 +39,8 @@ def test_worker_killed_mid_map_nothing_lost(tmp_path):
             import pathlib
             import time
 
-            pathlib.Path(d, f"{i}-{os.getpid()}").touch()
+            # Tasks run in a task process of their worker: name the worker, its parent.
+            pathlib.Path(d, f"{i}-{os.getppid()}").touch()
             time.sleep(0.1)
             return i
 

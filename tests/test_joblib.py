@@ -86,13 +86,14 @@ def wait_for(path: str) -> None:
 
 def pid_when_two_met(directory: str) -> int:
     """Check in, then wait until tasks in two distinct processes have checked in."""
-    pathlib.Path(directory, str(os.getpid())).touch()
+    # Tasks run in a task process of their worker: the worker is the parent.
+    pathlib.Path(directory, str(os.getppid())).touch()
     deadline = time.monotonic() + MEET_TIMEOUT
     while len(os.listdir(directory)) < 2:
         if time.monotonic() > deadline:
             raise TimeoutError("no task ran in a second process")
         time.sleep(0.01)
-    return os.getpid()
+    return os.getppid()
 
 
 def busy_task(i, directory):
@@ -355,14 +356,14 @@ def test_worker_output_is_tagged_with_the_function(local2, capfd):
 def nested_calls(i):
     """A task that runs a Parallel of its own, as an estimator with n_jobs does."""
     def where():
-        return os.getpid(), threading.current_thread() is threading.main_thread()
+        return (os.getpid(), os.getppid()), threading.current_thread() is threading.main_thread()
 
     inner = Parallel(n_jobs=2)(delayed(where)() for _ in range(4))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with parallel_config(backend="gearnb"):
             explicit = Parallel(n_jobs=-1)(delayed(where)() for _ in range(2))
-    return os.getpid(), inner, explicit, [str(w.message) for w in caught]
+    return (os.getpid(), os.getppid()), inner, explicit, [str(w.message) for w in caught]
 
 
 def test_nested_parallel_runs_on_threads_of_the_worker(local2):
@@ -371,15 +372,15 @@ def test_nested_parallel_runs_on_threads_of_the_worker(local2):
     is started: the cluster keeps its two workers and they have no children."""
     with parallel_config(backend="gearnb", executor=local2):
         out = Parallel(n_jobs=2, batch_size=1)(delayed(nested_calls)(i) for i in range(2))
-    for pid, inner, explicit, messages in out:
-        assert pid in local2.worker_pids()
-        assert inner == [(pid, False)] * 4  # same process, not its main thread: a thread pool
-        assert explicit == [(pid, True)] * 2  # sequential, in the task itself
+    for (pid, worker), inner, explicit, messages in out:
+        assert worker in local2.worker_pids()  # the task ran in that worker's task process
+        assert inner == [((pid, worker), False)] * 4  # same process, not its main thread: a thread pool
+        assert explicit == [((pid, worker), True)] * 2  # sequential, in the task itself
         assert any("runs sequentially" in m for m in messages)
     assert len(local2.worker_pids()) == 2
-    for pid in local2.worker_pids():
-        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-        assert children == []
+    for pid in local2.worker_pids():  # each worker has its one task process, and that has none
+        [task] = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        assert subprocess.run(["pgrep", "-P", task], capture_output=True, text=True).stdout.split() == []
 
 
 # -- remote: existing job servers, gearnb.connect() ---------------------------------------------
@@ -393,7 +394,7 @@ def test_gridsearch_through_gearmand_with_connect(gearmand_workers):
         with joblib.parallel_backend("gearnb"):
             assert joblib.effective_n_jobs() == 2
             ours = GridSearchCV(SVC(), grid, cv=3).fit(X, y)
-            pids = Parallel()(delayed(os.getpid)() for _ in range(4))
+            pids = Parallel()(delayed(os.getppid)() for _ in range(4))  # the workers (task processes' parents)
     finally:
         gearnb.shutdown()
     here = GridSearchCV(SVC(), grid, cv=3, n_jobs=1).fit(X, y)

@@ -10,6 +10,7 @@ through gearmand, the Perl server and the gearnb server.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -255,6 +256,23 @@ def test_map_with_gearnb_worker_processes(perl_server):
             gearnb.shutdown()
 
 
+def test_a_map_that_times_out_says_what_stays_queued(perl_server, caplog):
+    """The Perl server has no admin 'cancel job': a map that gives up says its jobs stay
+    queued there, naming the missing command, instead of leaving them without a word."""
+    key = os.urandom(32)
+    executor = gearnb.Executor(perl_server.address, key=key)  # no workers: every job stays queued
+    try:
+        with caplog.at_level(logging.WARNING, logger="gearnb.executor"):
+            with pytest.raises(TimeoutError):
+                executor.gmap(abs, range(6), chunksize=1, timeout=2)
+        [warning] = [r.getMessage() for r in caplog.records if "stay queued" in r.getMessage()]
+        assert "could not cancel 6 queued jobs" in warning and "'cancel job'" in warning, warning
+        with gearnb.Admin(perl_server.address) as admin:
+            assert [(s.function, s.total) for s in admin.status()] == [("pyexec", 6)]
+    finally:
+        executor.shutdown(wait=False)
+
+
 def test_calculus_example(perl_server, example):  # noqa: F811 - the imported fixture
     """The calculus example end to end, as a user of the classic docs would run it."""
     address = perl_server.address
@@ -325,7 +343,10 @@ def test_gearnb_worker_exits_on_sigterm(perl_server, hung):
         sent = len(probe._hello()) + len(GRAB_UNIQ)
         perl_server.proc.send_signal(signal.SIGSTOP)
         launcher.start(wait=False)
-        wait_until(lambda: _queued_bytes(perl_server.port) == [sent, sent], timeout=60)
+        # Each worker waits for the answer to its grab; its control connection (it stops running
+        # tasks on request) has said hello too.
+        wait_until(lambda: sorted(_queued_bytes(perl_server.port)).count(sent) == 2
+                   and len(_queued_bytes(perl_server.port)) == 4, timeout=60)
     else:
         launcher.start()
     assert launcher.proc is not None and len(launcher.child_pids()) == 2

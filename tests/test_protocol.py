@@ -206,10 +206,10 @@ BIG_TYPES = [PacketType.SUBMIT_JOB, PacketType.WORK_COMPLETE, PacketType.JOB_ASS
 @pytest.fixture(params=["in-place", "joined"])
 def big_packet_mode(request, monkeypatch):
     """Large packets are filled in place (CPython) or, where that is not possible, joined."""
-    from gearnb.protocol import codec
+    from gearnb import buffers
 
     if request.param == "joined":
-        monkeypatch.setattr(codec, "_bytes_maker", False)
+        monkeypatch.setattr(buffers, "_bytes_maker", False)
     return request.param
 
 
@@ -299,7 +299,7 @@ def test_encode_parts_joins_to_encode():
 
 
 def test_join_bytes_is_bytes_join(big_packet_mode):
-    from gearnb.protocol.codec import HUGE_PAGES_MIN, join_bytes
+    from gearnb.buffers import HUGE_PAGES_MIN, join_bytes
 
     big = bytes(range(256)) * (HUGE_PAGES_MIN // 256 + 3)
     for parts in ([], [b"a"], [b"head", big, b"tail"], [b"h", memoryview(big)[5:], bytearray(b"ba")],
@@ -314,7 +314,8 @@ def test_join_bytes_is_bytes_join(big_packet_mode):
 
 
 def test_encode_gathered_sends_the_buffers_as_they_are():
-    from gearnb.protocol.codec import BIG_PACKET, BufferList, encode_gathered
+    from gearnb.buffers import BufferList
+    from gearnb.protocol.codec import BIG_PACKET, encode_gathered
 
     big = bytes(range(256)) * (BIG_PACKET // 256 + 1)
     last = BufferList([b"GNB2", memoryview(big)[7:], b"", b"tail"])

@@ -4,53 +4,8 @@ the ipykernel installed here (7.x: its threads and comms changed, ipywidgets#400
 
 from __future__ import annotations
 
-import textwrap
-import time
 from typing import Any
 
-import pytest
-
-
-CELL_TIMEOUT = 90  # seconds for one cell, kernel start included
-
-
-class Kernel:
-    def __init__(self) -> None:
-        from jupyter_client import KernelManager
-
-        self.km = KernelManager(kernel_name="python3")
-        self.km.start_kernel()  # inherits PYTHONPATH: this checkout's gearnb
-        self.kc = self.km.client()
-        self.kc.start_channels()
-        self.kc.wait_for_ready(timeout=CELL_TIMEOUT)
-
-    def run(self, code: str) -> list[dict[str, Any]]:
-        """Execute one cell; its IOPub messages up to idle (what the kernel sent meanwhile)."""
-        msg_id = self.kc.execute(textwrap.dedent(code))
-        deadline = time.monotonic() + CELL_TIMEOUT
-        messages = []
-        while True:
-            msg = self.kc.get_iopub_msg(timeout=max(deadline - time.monotonic(), 0.1))
-            messages.append(msg)
-            if (msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
-                    and msg["parent_header"].get("msg_id") == msg_id):
-                break
-        errors = [m["content"] for m in messages if m["msg_type"] == "error"]
-        assert not errors, errors
-        return messages
-
-    def close(self) -> None:
-        self.kc.stop_channels()
-        self.km.shutdown_kernel(now=True)
-
-
-@pytest.fixture
-def kernel():
-    k = Kernel()
-    try:
-        yield k
-    finally:
-        k.close()
 
 
 def test_cluster_view_moves_while_a_cell_waits(kernel):

@@ -9,6 +9,7 @@ the submission's listener (see :mod:`gearnb.client.submission`).
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import deque
 from typing import Any, Iterable
 
@@ -49,6 +50,7 @@ class Client:
         self._io = io_loop()
         self._core = ClientCore(self.servers, submit_timeout=submit_timeout,
                                 max_packet_size=max_packet_size, ssl=ssl, namespace=namespace)
+        self._pid = os.getpid()  # its I/O thread belongs to this process (see submit_many)
         self._outbox: deque[Task] = deque()  # tasks on their way to the I/O thread
         self._outbox_scheduled = False
 
@@ -60,6 +62,11 @@ class Client:
         for it with ``task.wait()``) or a bare :class:`~gearnb.client.submission.Submission`
         whose listener handles its events on the I/O thread.
         """
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                "this gearnb Client (or Executor) was made in another process, before a fork: its I/O "
+                "thread does not exist here. Make a new one in this process; gearnb.map and "
+                "gearnb.submit do that for you (the default executor follows forks).")
         outbox = self._outbox
         for sub in submissions:
             if isinstance(sub, Task) and sub._sink is None:

@@ -20,6 +20,8 @@ from ..client.submission import Submission
 from ..client.task import JobHandle
 from ..errors import JobFailed, ServerError
 from ..pyexec import envelope
+from ..pyexec.control import stop_jobs
+from ..pyexec.sharing import ValueStore, value_store
 from ..pyexec.keys import NO_KEY_HELP
 from ..pyexec.signing import CallId, RefusedPayload, Signer, worker_refusal
 from ..worker_text import shown
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     import contextvars
 
     from ..client import Client
-    from ..pyexec.envelope import FunctionBlob
+    from ..pyexec.envelope import FunctionBlob, Sharer
     from .runs import Chunk
 
 log = logging.getLogger("gearnb.executor")
@@ -50,6 +52,15 @@ class PyexecCalls:
         self.function = function
         self.show_output = show_output
         self.ssl = ssl  # for the admin connections of cancel()
+        self._store: ValueStore | None | bool = False  # False: not looked up yet
+
+    @property
+    def store(self) -> ValueStore | None:
+        """This process's value store (large values through shared memory), None where there
+        is none; started with the first job."""
+        if self._store is False:
+            self._store = value_store()
+        return self._store  # type: ignore[return-value]
 
     @property
     def signer(self) -> Signer:
@@ -59,17 +70,21 @@ class PyexecCalls:
 
     # -- out ------------------------------------------------------------------------------
     def job(self, blob: FunctionBlob, chunk: Chunk, with_code: bool, priority: str,
-            listener: Callable[[Submission, int, Any], None]) -> Submission:
+            listener: Callable[[Submission, int, Any], None], sharer: Sharer | None = None) -> Submission:
         """The signed pyexec job of ``chunk``'s calls: a map chunk's argument columns, or one
-        call with keyword arguments."""
+        call with keyword arguments. ``sharer``: takes large buffers out of the job."""
+        store = self.store
+        address = None if store is None else store.address
         if chunk.kwargs is None:
-            parts = envelope.encode_map_chunk(blob, chunk.columns, with_code=with_code)
+            parts = envelope.encode_map_chunk(blob, chunk.columns, with_code, sharer, address)
         else:
             args = tuple(column[0] for column in chunk.columns)
-            parts = envelope.encode_call_parts(blob, [(args, chunk.kwargs)], with_code=with_code, chunk=False)
+            parts = envelope.encode_call_parts(blob, [(args, chunk.kwargs)], with_code, False, sharer, address)
         # A new call (nonce) each time it is sent: a retry, a resend with the code or after a
         # worker said it did not run it (envelope.SignAgain) counts ``after`` the last one.
         payload, chunk.call = self.signer.sign_call(self.function, parts, after=chunk.call)
+        if store is not None:
+            store.expect(chunk.call.nonce)  # its worker may deliver a large result to the store
         return Submission(self.function, payload, priority=priority, listener=listener)
 
     def submit(self, jobs: list[Submission]) -> None:
@@ -89,13 +104,20 @@ class PyexecCalls:
         else:
             raise JobFailed("the job failed on the job server (WORK_FAIL): its worker died more times than "
                             "the server's --job-retries allows, or it was cancelled")
+        store = self.store
         try:
-            body = self.signer.verify_result(self.function, payload, call)  # only the answer to this call
-        except RefusedPayload as refused:
-            raise (refused if sub.successful else worker_refusal(payload, refused)) from None
-        msg = envelope.decode_result(body)
+            try:
+                body = self.signer.verify_result(self.function, payload, call)  # only the answer to this call
+            except RefusedPayload as refused:
+                raise (refused if sub.successful else worker_refusal(payload, refused)) from None
+            msg = envelope.decode_result(body, None if store is None else lambda ref: store.take(ref, call.nonce))
+        finally:
+            if store is not None:
+                store.forget(call.nonce)  # what the worker delivered and this answer does not name
         if msg.get("need_code"):
             raise envelope.NeedCode()
+        if "need_inline" in msg:
+            raise envelope.NeedInline(shown(str(msg["need_inline"]).encode()))
         envelope.raise_if_not_run(msg, call)  # SignAgain: Run.settle sends it again, as for NeedCode
         if "fail" in msg:
             raise envelope.rebuild_error(msg["fail"])
@@ -112,27 +134,35 @@ class PyexecCalls:
             context.run(_print_marked, stream, tag, data)
 
     # -- cancelling -----------------------------------------------------------------------
-    def cancel(self, jobs: list[Submission]) -> list[bool]:
+    def cancel(self, jobs: list[Submission], stop_running: bool = False) -> list[bool]:
         """``cancel job`` each job that waits in its server's queue; True where the server
         dropped it. Jobs a worker runs are left alone (gearmand would forget a running job it
-        is asked to cancel, and its worker would run on). Waits briefly for the handles of
-        jobs just submitted."""
+        is asked to cancel, and its worker would run on) unless ``stop_running``: then their
+        workers are asked to stop them (:mod:`gearnb.pyexec.control`). Waits briefly for the
+        handles of jobs just submitted."""
         deadline = time.monotonic() + CANCEL_CREATED_WAIT
         while any(sub.handle is None and not sub.finished for sub in jobs) and time.monotonic() < deadline:
             time.sleep(CANCEL_POLL)
         live = [i for i, sub in enumerate(jobs) if sub.handle is not None and sub.server is not None
                 and not sub.finished]
+        dropped = [False] * len(jobs)
+        if not live:
+            return dropped
         try:
             statuses = self.client.statuses([JobHandle(jobs[i].handle, jobs[i].server) for i in live])
         except (OSError, TimeoutError) as exc:
             log.warning("could not ask which of %d jobs are running: %s", len(live), exc)
-            return [False] * len(jobs)
-        by_server: dict[str, list[int]] = {}
+            return dropped
+        queued: dict[str, list[int]] = {}
+        running: dict[str, list[bytes]] = {}
         for i, status in zip(live, statuses):
+            server, handle = jobs[i].server, jobs[i].handle
+            assert server is not None and handle is not None
             if not status.running:
-                by_server.setdefault(jobs[i].server, []).append(i)  # type: ignore[arg-type]
-        dropped = [False] * len(jobs)
-        for server, indices in by_server.items():
+                queued.setdefault(server, []).append(i)
+            elif stop_running:
+                running.setdefault(server, []).append(handle)
+        for server, indices in queued.items():
             try:
                 with Admin(server, timeout=ADMIN_TIMEOUT, ssl=self.ssl) as admin:
                     answers = admin.cancel_many([jobs[i].handle or b"" for i in indices])
@@ -142,6 +172,8 @@ class PyexecCalls:
                 continue
             for i, answer in zip(indices, answers):
                 dropped[i] = answer
+        if running and self._signer is not None:
+            stop_jobs(self._signer, running, ssl=self.ssl)
         return dropped
 
 

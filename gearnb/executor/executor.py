@@ -22,7 +22,7 @@ from ..pyexec.runner import PYEXEC
 from .calls import PyexecCalls
 from .futures import GearnbFuture
 from .mapping import MapRun
-from .runs import CallRun, cancel_calls
+from .runs import DEFAULT_CRASH_ATTEMPTS, CallRun, cancel_calls
 
 WORKER_COUNT_TTL = 5.0  # seconds a worker count from the admin protocol is trusted
 
@@ -40,8 +40,13 @@ class Executor(concurrent.futures.Executor):
 
     def __init__(self, servers: ServerSpec = None, key: bytes | str | None = None, *,
                  key_file: str | None = None, function: str = PYEXEC, show_output: bool = True,
-                 ssl: Any = None, max_packet_size: int | str | None = None) -> None:
+                 ssl: Any = None, crash_attempts: int = DEFAULT_CRASH_ATTEMPTS,
+                 max_packet_size: int | str | None = None) -> None:
         resolved = load_key(key, key_file)
+        # A task whose worker process dies (exits, segfaults, is killed) is tried this many
+        # times in all, each time in a fresh process, then fails with gearnb.WorkerDied.
+        self.crash_attempts = crash_attempts
+        self._key = resolved  # for a forked child's executor (gearnb.api)
         # ssl: gearnb.tls.client_context(...), for every connection (jobs, worker count, cancel);
         # max_packet_size: gearnb.limits.
         self.client = Client(servers, ssl=ssl, max_packet_size=max_packet_size)
@@ -67,7 +72,8 @@ class Executor(concurrent.futures.Executor):
         if self._shutdown:
             raise RuntimeError("cannot submit after shutdown")
         future = GearnbFuture()
-        run = CallRun(self.calls, fn, args, kwargs, future, retries=retries, priority=priority)
+        run = CallRun(self.calls, fn, args, kwargs, future, retries=retries, priority=priority,
+                      crash_attempts=self.crash_attempts)
         future.run = run
         with self._lock:
             self._futures.add(future)

@@ -16,7 +16,8 @@ class GearnbFuture(concurrent.futures.Future):
 
     ``cancel()`` drops the job from the job server's queue if no worker has taken it yet
     (``cancel job`` in the admin protocol) and returns False once it runs, as
-    concurrent.futures does. ``await future`` works in asyncio code.
+    concurrent.futures does; ``cancel(force=True)`` also stops it where it runs (as dask's
+    ``cancel(force=True)``) and always cancels the future. ``await future`` works in asyncio code.
     """
 
     def __init__(self) -> None:
@@ -40,10 +41,10 @@ class GearnbFuture(concurrent.futures.Future):
         job = self.run.job if self.run is not None else None
         return job.server if job is not None else None
 
-    def cancel(self) -> bool:
+    def cancel(self, force: bool = False) -> bool:
         if self.done():
             return self.cancelled()
-        if self.run is not None and not self.run.cancel():
+        if self.run is not None and not self.run.cancel(force):
             return False
         return super().cancel()
 

@@ -10,12 +10,16 @@ out, interrupted - cancels what it still has queued on the job servers.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import queue
+import signal
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
+from ..progress import ProgressTracker, make_progress
 from .runs import Chunk, Piece, Run, noted
 
 if TYPE_CHECKING:
@@ -43,6 +47,36 @@ def auto_chunksize(total: int | None, workers: int) -> int:
     return max(1, min(MAX_AUTO_CHUNK, math.ceil(total / (max(workers, 1) * CHUNKS_PER_WORKER))))
 
 
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, GeneratorExit):
+        return "abandoned"
+    return "failed"
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Ctrl-C waits until the block ends (on the main thread; elsewhere there are no signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    except ValueError:  # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
+
+
 def _length(iterables: tuple[Iterable[Any], ...]) -> int | None:
     try:
         return min(len(it) for it in iterables)  # type: ignore[arg-type]
@@ -66,11 +100,13 @@ class MapRun(Run):
         priority: str = "normal",
         window: int = DEFAULT_WINDOW,
         progress: Any = None,
+        crash_attempts: int | None = None,
     ) -> None:
         if not iterables:
             raise TypeError("map() needs at least one iterable")
         workers = executor.worker_count()
-        super().__init__(executor.calls, fn, retries=retries, priority=priority, code_sends=2 * workers)
+        super().__init__(executor.calls, fn, retries=retries, priority=priority, code_sends=2 * workers,
+                         crash_attempts=executor.crash_attempts if crash_attempts is None else crash_attempts)
         self.total = _length(iterables)
         if chunksize == "auto":
             chunksize = auto_chunksize(self.total, workers)
@@ -88,14 +124,13 @@ class MapRun(Run):
         self.backlog: list[Chunk] = []
         self.resume_at = 0.0
         self.backoff = BACKOFF_FIRST
-        from ..progress import make_progress
-
         self.progress = make_progress(progress, total=self.total, label=self.label,
                                       workers=workers if progress is not False else 1)
         self._tick = getattr(self.progress, "tick", None)
         self.events: queue.SimpleQueue[Chunk] = queue.SimpleQueue()  # chunks that ended
         self.in_flight: dict[int, Chunk] = {}  # id(chunk) -> chunk
         self.closed = False
+        self.stopped: str | None = None  # why it ended early, for the progress panel
         self.done = 0
 
     def chunk_ended(self, chunk: Chunk) -> None:  # on the I/O thread
@@ -141,7 +176,7 @@ class MapRun(Run):
     # -- consuming ------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         pieces = self._iter_pieces()
-        try:
+        try:  # noqa: SIM105 - the except clauses only say why the map stopped
             for start, values, errors in pieces:
                 if not errors:
                     yield from zip(range(start, start + len(values)), values)
@@ -150,6 +185,9 @@ class MapRun(Run):
                     if offset in errors:
                         raise noted(errors[offset], start + offset)
                     yield start + offset, value
+        except BaseException as exc:
+            self.stopped = _why(exc)
+            raise
         finally:
             pieces.close()
             self.close()
@@ -165,6 +203,9 @@ class MapRun(Run):
                     first = min(errors)
                     raise noted(errors[first], start + first)
                 out.extend(values)
+        except BaseException as exc:
+            self.stopped = _why(exc)
+            raise
         finally:
             pieces.close()
             self.close()
@@ -260,8 +301,14 @@ class MapRun(Run):
         if self.closed:
             return
         self.closed = True
-        if self.in_flight:
-            self.calls.cancel([c.sub for c in self.in_flight.values() if c.sub is not None])
+        with deferred_interrupts():  # a second Ctrl-C must not leave jobs behind
+            if self.in_flight:
+                # Queued jobs are dropped, running ones stopped: nothing of this map keeps a worker.
+                self.calls.cancel([c.sub for c in self.in_flight.values() if c.sub is not None],
+                                  stop_running=True)
+            self.release_shared(list(self.in_flight.values()) + self.backlog)
             self.in_flight.clear()
-        if self.progress is not None:
-            self.progress.close()
+            if isinstance(self.progress, ProgressTracker):
+                self.progress.close(self.stopped)
+            elif self.progress is not None:  # a progress object of the caller's (make_progress)
+                self.progress.close()

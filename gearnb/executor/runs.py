@@ -20,9 +20,10 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 from ..client.submission import EV_DATA, EV_END, EV_STATUS, EV_WARNING, Submission
-from ..errors import PacketTooLarge, ServerError
+from ..errors import PacketTooLarge, ServerError, WorkerDied
 from ..pyexec import envelope
 from ..pyexec.envelope import FunctionBlob
+from ..pyexec.sharing import RunShares
 from ..pyexec.signing import RefusedPayload
 
 if TYPE_CHECKING:
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
     from .calls import PyexecCalls
 
 SMALL_CODE = 8 * 1024  # bytes of pickled function that always travel with every chunk
+# A task whose process dies is tried this many times in all, each time in a fresh process, as
+# dask does (distributed.scheduler.allowed-failures): a crash is often the task's own doing.
+DEFAULT_CRASH_ATTEMPTS = 3
 
 # A settled piece of a run: (first index, values of consecutive indices, {offset: exception}).
 Piece = tuple[int, list[Any], dict[int, BaseException]]
@@ -41,7 +45,8 @@ class Chunk:
     a retry), their positional arguments as ``columns`` (one list per argument position) and,
     for a single ``submit()`` call, its keyword arguments (``kwargs``; None for a map)."""
 
-    __slots__ = ("run", "indices", "columns", "kwargs", "attempts", "sub", "with_code", "call")
+    __slots__ = ("run", "indices", "columns", "kwargs", "attempts", "crashes", "sub", "with_code", "call",
+                 "inline", "tokens")
 
     def __init__(self, run: Run, indices: Sequence[int], columns: list[list[Any]],
                  kwargs: dict[str, Any] | None = None) -> None:
@@ -49,10 +54,13 @@ class Chunk:
         self.indices = indices
         self.columns = columns
         self.kwargs = kwargs
-        self.attempts = 0
+        self.attempts = 0  # retries after an exception (``retries``)
+        self.crashes = 0  # times the process running it died (``crash_attempts``)
         self.sub: Submission | None = None
         self.with_code = False
         self.call = None  # the CallId of its latest job: only that call's result is accepted
+        self.inline = False  # its worker could not reach shared memory: buffers go in the job
+        self.tokens: list[bytes] = []  # the shared values its job carries (pyexec/sharing.py)
 
     def event(self, sub: Submission, event: int, argument: Any) -> None:
         """The listener of this chunk's job (on the I/O thread)."""
@@ -112,8 +120,10 @@ class Run:
     single = False  # one call (submit): its output is tagged without an item number
 
     def __init__(self, calls: PyexecCalls, fn: Callable[..., Any], *, retries: int = 0,
-                 priority: str = "normal", progress: Any = None, code_sends: int = 1) -> None:
+                 priority: str = "normal", progress: Any = None, code_sends: int = 1,
+                 crash_attempts: int = DEFAULT_CRASH_ATTEMPTS) -> None:
         self.calls = calls
+        self.crash_attempts = max(1, crash_attempts)
         self.blob = FunctionBlob(fn)
         self.label = getattr(fn, "__name__", None) or type(fn).__name__
         self.retries = retries
@@ -123,16 +133,38 @@ class Run:
         # The function's code goes with the first chunks, enough for each worker to see it
         # once (a worker without it answers "need code" and the chunk makes a second trip);
         # small code always goes along, which costs less than that trip.
-        self.code_sends_left = (1 << 62) if len(self.blob.code) <= SMALL_CODE else code_sends
+        self.code_sends_left = (1 << 62) if self.blob.size <= SMALL_CODE else code_sends
+        # Large values this run shares through memory with workers on this host, each once
+        # (pyexec/sharing.py): held while a chunk in flight carries them, the function's
+        # captured arrays until the run ends (release_shared).
+        store = calls.store
+        self.shares = None if store is None else RunShares(store)
+        self._release_after_send: list[bytes] = []
 
     def send(self, chunks: list[Chunk]) -> None:
         """Encode, sign and submit ``chunks`` (in one hand-over to the I/O thread)."""
         jobs = []
+        shares = self.shares
         for chunk in chunks:
             with_code = chunk.with_code or self.code_sends_left > 0
             self.code_sends_left -= 1
-            chunk.sub = self.calls.job(self.blob, chunk, with_code, self.priority, chunk.event)
+            sharer = None if shares is None or chunk.inline else shares.for_chunk()
+            carried = chunk.tokens
+            try:
+                chunk.sub = self.calls.job(self.blob, chunk, with_code, self.priority, chunk.event, sharer)
+            except BaseException:  # an argument that does not pickle: the run ends here
+                if shares is not None:
+                    shares.close()
+                raise
             jobs.append(chunk.sub)
+            chunk.tokens = [] if sharer is None else sharer.tokens
+            if sharer is not None:
+                shares.carried(sharer.tokens)  # type: ignore[union-attr]
+            if carried and shares is not None:  # the same chunk sent again: what it carried before
+                shares.settled(carried)
+        if self._release_after_send and shares is not None:
+            shares.settled(self._release_after_send)  # a settled chunk's, once its retries carry them
+            self._release_after_send = []
         self.calls.submit(jobs)
 
     def chunk_ended(self, chunk: Chunk) -> None:  # on the I/O thread
@@ -140,13 +172,42 @@ class Run:
 
     def settle(self, chunk: Chunk) -> Settled:
         """Decode an ended chunk; say what is settled and what must be sent again."""
+        settled = self._decide(chunk)
+        if chunk.tokens and self.shares is not None and not settled.backlog \
+                and not any(again is chunk for again in settled.resend):
+            # Its shared values are free once no chunk in flight carries them; retries (new
+            # chunks, sent next) carry the same objects, so those wait for that send.
+            if settled.resend:
+                self._release_after_send.extend(chunk.tokens)
+            else:
+                self.shares.settled(chunk.tokens)
+            chunk.tokens = []
+        return settled
+
+    def release_shared(self, chunks: list[Chunk]) -> None:
+        """The run ended (or gave up on ``chunks``): results they may still deliver are closed,
+        and every value the run shared is released (its workers drop their mappings)."""
+        store = self.calls.store
+        if store is not None:
+            for chunk in chunks:
+                if chunk.call is not None:
+                    store.forget(chunk.call.nonce)
+        if self.shares is not None:
+            self.shares.close()
+
+    def _decide(self, chunk: Chunk) -> Settled:
         sub = chunk.sub
         assert sub is not None
         try:
             values, errors = self.calls.outcome(sub, chunk.call)
+        except envelope.NeedInline:
+            chunk.inline = True
+            return Settled([], [chunk])
         except envelope.NeedCode:
             chunk.with_code = True
             return Settled([], [chunk])
+        except WorkerDied as died:
+            return self._died(chunk, died)
         except BaseException as exc:  # the whole chunk failed (job failed, refused, no server)
             if isinstance(exc, ServerError) and exc.code == "QUEUE_ERROR":
                 return Settled([], [], backlog=True)
@@ -159,6 +220,22 @@ class Run:
                       chunk.kwargs)
         again.attempts = chunk.attempts + 1
         return Settled(pieces, [again])
+
+
+    def _died(self, chunk: Chunk, died: WorkerDied) -> Settled:
+        """The process running the chunk died: try again in a fresh one, each item on its own
+        (so one that kills its process is found and the others are not lost with it), until
+        an item has crashed ``crash_attempts`` times: then it fails with WorkerDied."""
+        crashes = chunk.crashes + 1
+        if len(chunk.indices) > 1 or crashes < self.crash_attempts:
+            parts = []
+            for i in range(len(chunk.indices)):
+                part = Chunk(self, [chunk.indices[i]], [[column[i]] for column in chunk.columns], chunk.kwargs)
+                part.attempts, part.crashes = chunk.attempts, crashes
+                parts.append(part)
+            return Settled([], parts)
+        error = WorkerDied(died.how, crashes)
+        return Settled([(chunk.indices[0], [None], {0: error})], [])
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -174,10 +251,11 @@ class CallRun(Run):
 
     def __init__(self, calls: PyexecCalls, fn: Callable[..., Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any], future: concurrent.futures.Future, *, retries: int = 0,
-                 priority: str = "normal") -> None:
-        super().__init__(calls, fn, retries=retries, priority=priority)
+                 priority: str = "normal", crash_attempts: int = DEFAULT_CRASH_ATTEMPTS) -> None:
+        super().__init__(calls, fn, retries=retries, priority=priority, crash_attempts=crash_attempts)
         self.future = future
         self.chunk = Chunk(self, range(1), [[arg] for arg in args], kwargs)
+        future.add_done_callback(lambda _: self.release_shared([self.chunk]))
         # cancel() and the I/O thread meet here: an end that arrives while a cancel is being
         # tried waits for its answer (a cancelled job's WORK_FAIL must not fail the future).
         self._lock = threading.Lock()
@@ -220,14 +298,16 @@ class CallRun(Run):
         else:
             self.future.set_result(values[0])
 
-    def cancel(self) -> bool:
-        """Drop the call's job from its server's queue if no worker took it yet."""
-        return cancel_calls([self])[0]
+    def cancel(self, force: bool = False) -> bool:
+        """Drop the call's job from its server's queue if no worker took it yet; with
+        ``force``, also stop it where it runs."""
+        return cancel_calls([self], force)[0]
 
 
-def cancel_calls(runs: list[CallRun]) -> list[bool]:
+def cancel_calls(runs: list[CallRun], force: bool = False) -> list[bool]:
     """Cancel the queued jobs of several submit() calls together (one admin round trip per
-    job server); True for each whose job was dropped before a worker took it."""
+    job server); True for each whose job was dropped before a worker took it. With ``force``,
+    jobs already running are stopped on their workers too, and count as cancelled."""
     for run in runs:
         with run._lock:
             run._cancelling = True
@@ -235,9 +315,9 @@ def cancel_calls(runs: list[CallRun]) -> list[bool]:
     try:
         live = [i for i, run in enumerate(runs) if run.chunk.sub is not None and not run.chunk.sub.finished]
         if live:
-            answers = runs[0].calls.cancel([runs[i].chunk.sub for i in live])  # type: ignore[misc]
+            answers = runs[0].calls.cancel([runs[i].chunk.sub for i in live], stop_running=force)  # type: ignore[misc]
             for i, answer in zip(live, answers):
-                dropped[i] = answer
+                dropped[i] = answer or force
     finally:
         for i, run in enumerate(runs):
             with run._lock:

@@ -26,7 +26,7 @@ class View(Protocol):
 
 class Snapshot:
     __slots__ = ("label", "total", "done", "failed", "in_flight", "running", "queued", "rate", "eta",
-                 "elapsed", "tasks", "finished")
+                 "elapsed", "tasks", "finished", "stopped")
 
     def __init__(self, **values: Any) -> None:
         for name in self.__slots__:
@@ -70,7 +70,7 @@ class ProgressTracker:
             self.task_status[id(task)] = (name, numerator, denominator)
 
     # -- drawing (calling thread) ---------------------------------------------------------
-    def snapshot(self, finished: bool = False) -> Snapshot:
+    def snapshot(self, finished: bool = False, stopped: str | None = None) -> Snapshot:
         with self._lock:
             elapsed = time.monotonic() - self.started
             rate = self.done / elapsed if elapsed > 0 else 0.0
@@ -85,7 +85,8 @@ class ProgressTracker:
             return Snapshot(label=self.label, total=self.total, done=self.done, failed=self.failed,
                             in_flight=self.in_flight, running=running,
                             queued=0 if finished else self.in_flight - running,
-                            rate=rate, eta=eta, elapsed=elapsed, tasks=tasks, finished=finished)
+                            rate=rate, eta=eta, elapsed=elapsed, tasks=tasks, finished=finished,
+                            stopped=stopped)
 
     def tick(self, force: bool = False) -> None:
         """Redraw if the last redraw is old enough (throttled)."""
@@ -95,11 +96,13 @@ class ProgressTracker:
         self._last_draw = now
         self.view.draw(self.snapshot())
 
-    def close(self) -> None:
+    def close(self, stopped: str | None = None) -> None:
+        """The map ended; ``stopped`` says why, when it did not run to its end
+        (``"interrupted"``, ``"timed out"``, ``"failed"``): its queued jobs were cancelled."""
         if self._closed:
             return
         self._closed = True
-        self.view.close(self.snapshot(finished=True))
+        self.view.close(self.snapshot(finished=True, stopped=stopped))
 
 
 def describe(s: Snapshot) -> str:
@@ -109,7 +112,9 @@ def describe(s: Snapshot) -> str:
     if s.failed:
         parts.append(f"{s.failed} failed")
     parts.append(f"{s.rate:,.1f}/s")
-    if s.finished:
+    if s.stopped:
+        parts.append(f"{s.stopped} after {format_seconds(s.elapsed)}: the rest cancelled")
+    elif s.finished:
         parts.append(f"in {format_seconds(s.elapsed)}")
     elif s.eta is not None:
         parts.append(f"ETA {format_seconds(s.eta)}")

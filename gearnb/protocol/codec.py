@@ -15,8 +15,9 @@ makes nothing be reserved.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
+from ..buffers import BufferList, join_bytes, nbytes, new_bytes
 from .packets import (
     ADMIN_LINE,
     ARG_COUNT,
@@ -54,6 +55,13 @@ LAZY_CHUNK_MAX = 16 * 1024 * 1024
 # decoder; (OVERSIZE, PacketHead) for a packet over max_packet_size, whose body is dropped.
 LARGE = -2
 OVERSIZE = -3
+
+# The default table of a Decoder: every packet type (and ADMIN_LINE, LARGE, OVERSIZE) -> (its
+# argument count, itself).
+TYPES: dict[int, tuple[int, Any]] = {ptype: (count, ptype) for ptype, count in ARG_COUNT.items()}
+TYPES[ADMIN_LINE] = (0, ADMIN_LINE)
+TYPES[LARGE] = (0, LARGE)
+TYPES[OVERSIZE] = (0, OVERSIZE)
 
 
 class PacketHead(NamedTuple):
@@ -148,22 +156,6 @@ def encode_parts(magic: bytes, ptype: int, *args: bytes) -> list[bytes]:
     return pack_parts(magic, ptype, args)
 
 
-def nbytes(part: bytes | memoryview) -> int:
-    """The size of a buffer in bytes (``len`` of a memoryview counts items, not bytes)."""
-    return part.nbytes if isinstance(part, memoryview) else len(part)
-
-
-class BufferList(list):
-    """A packet's last argument given as several buffers that are sent one after the other,
-    never joined (a large signed payload and the array data it carries)."""
-
-    __slots__ = ()
-
-    @property
-    def nbytes(self) -> int:
-        return sum(map(nbytes, self))
-
-
 def encode_gathered(magic: bytes, ptype: int, *args: bytes, last: BufferList) -> list[bytes | memoryview]:
     """:func:`encode_parts` for a last argument given as a :class:`BufferList`: the header and
     leading arguments in one piece, then the buffers of ``last``, not copied."""
@@ -216,10 +208,14 @@ class Decoder:
     objects (``args`` a sequence of bytes; an admin line is ``(ADMIN_LINE, text)``): the form
     for code that reads every packet of a busy connection (the job server, the client, the
     worker), where making a namedtuple per packet costs more than deciding what to do with it.
+    A raw decoder may also be given a ``table``: packet type (and ADMIN_LINE, LARGE, OVERSIZE)
+    -> (argument count, what to hand out in place of the type), such as the handler of each
+    type - the job server's dispatch, done with the one lookup the decoder makes per packet
+    anyway.
     """
 
     __slots__ = ("_buf", "expect", "allow_text", "max_packet_size", "_failed", "_big", "_scratch",
-                 "_into_big", "raw", "lazy")
+                 "_into_big", "raw", "lazy", "_table")
 
     def __init__(
         self,
@@ -230,11 +226,15 @@ class Decoder:
         read_buffer: memoryview | None = None,
         raw: bool = False,
         lazy: bool = False,
+        table: dict[int, tuple[int, Any]] | None = None,
     ) -> None:
         if expect not in (REQ, RES):
             raise ValueError("expect must be REQ or RES")
+        if table is not None and not raw:
+            raise ValueError("a table is for a raw decoder")
         self.raw = raw
         self.lazy = lazy
+        self._table = TYPES if table is None else table
         self._buf = bytearray()
         self.expect = expect
         self.allow_text = allow_text
@@ -296,7 +296,7 @@ class Decoder:
         append = out.append
         expect = self.expect
         max_size = self.max_packet_size
-        arg_count = ARG_COUNT
+        table = self._table
         copy = src is buf  # bodies sliced from the bytearray must become bytes
         pos = 0
         n = len(src)
@@ -314,7 +314,7 @@ class Decoder:
                     pos = end + 1
                     if line.endswith(b"\r"):
                         line = line[:-1]
-                    append((ADMIN_LINE, line.decode("utf-8", "replace")))
+                    append((table[ADMIN_LINE][1], line.decode("utf-8", "replace")))
                     continue
                 if n - pos < HEADER_SIZE:
                     # Check what we have of the magic early: garbage is refused before
@@ -325,9 +325,10 @@ class Decoder:
                 magic, ptype, size = _unpack_header(src, pos)
                 if magic != expect:
                     raise ProtocolError(f"bad magic {magic!r}", "INVALID_MAGIC")
-                count = arg_count.get(ptype)
-                if count is None:
+                entry = table.get(ptype)
+                if entry is None:
                     raise ProtocolError(f"unknown packet type {ptype}", "INVALID_COMMAND")
+                count, target = entry
                 end = pos + HEADER_SIZE + size
                 if end > n or size > max_size:
                     if size < BIG_PACKET and size <= max_size:
@@ -340,7 +341,7 @@ class Decoder:
                     big = _BigPacket(ptype, count, size, size > max_size, self.lazy)
                     big.add(bytes(src[start:stop]) if copy else src, 0 if copy else start, stop - start)
                     if big.notice is not None:
-                        append(big.take_notice())
+                        append(self._notice(big))
                     pos = stop
                     if big.remaining:
                         self._big = big
@@ -358,7 +359,7 @@ class Decoder:
                     args = body.split(b"\0", count - 1)
                     if len(args) != count:
                         split_args(ptype, body)  # raises
-                append((ptype, args))
+                append((target, args))
         except ProtocolError:
             self._failed = True
             buf.clear()
@@ -369,6 +370,11 @@ class Decoder:
         elif pos < n:
             buf += src[pos:] if pos else src
         return out if self.raw else self._packets(out)
+
+    def _notice(self, big: _BigPacket) -> tuple[Any, PacketHead]:
+        """The head of a large packet, handed out as the table says (LARGE or OVERSIZE)."""
+        kind, head = big.take_notice()
+        return self._table[kind][1], head
 
     def _packets(self, pairs: list[tuple[int, Any]]) -> list[Packet | AdminLine]:
         """``(type, args)`` pairs as :class:`Packet` and :class:`AdminLine` objects."""
@@ -426,7 +432,7 @@ class Decoder:
             self._failed = True
             raise
         if big.notice is not None:
-            out.append(big.take_notice())
+            out.append(self._notice(big))
         if len(data) < need:
             return out if self.raw else self._packets(out)
         self._big = None
@@ -437,7 +443,7 @@ class Decoder:
                 self._failed = True
                 self._buf.clear()
                 raise
-            out.append((big.ptype, args))
+            out.append((self._table[big.ptype][1], args))
         out = out if self.raw else self._packets(out)
         if len(data) == need:
             return out
@@ -461,7 +467,7 @@ class _BigPacket:
 
     The leading arguments (short: a function name, a handle) are cut at their NULs as they
     arrive; then the head is ready (``notice``). The last argument is copied piece by piece
-    into a bytes object of its final size (see :func:`_new_bytes`), so every received piece can
+    into a bytes object of its final size (see :func:`gearnb.buffers.new_bytes`), so every received piece can
     be freed at once: memory is used once for the packet, not twice (pieces, then their join),
     which on Linux halves the page faults and the time of receiving a 64 MiB packet. That
     object is made when the last argument starts, or for a ``lazy`` decoder once a
@@ -580,7 +586,7 @@ class _BigPacket:
         if chunk is None:
             size = min(self.next_chunk, self.remaining)
             self.next_chunk = min(self.next_chunk * 2, LAZY_CHUNK_MAX)
-            made = _new_bytes(size)  # not zero-filled first, unlike bytearray(size)
+            made = new_bytes(size)  # not zero-filled first, unlike bytearray(size)
             if made is None:
                 owner: bytes | bytearray = bytearray(size)
                 chunk = memoryview(owner)
@@ -618,7 +624,7 @@ class _BigPacket:
         if self.view is not None or self.last_size < 0 or self.drop:
             return
         try:
-            made = _new_bytes(self.last_size)
+            made = new_bytes(self.last_size)
         except MemoryError:
             made = None  # the pieces are joined at the end instead (which may fail in turn)
         if made is None:
@@ -655,90 +661,3 @@ def _name(ptype: int) -> str:
         return PacketType(ptype).name
     except ValueError:
         return f"packet type {ptype}"
-
-
-_bytes_maker: Any = None  # None: not tried yet; False: not available
-# Large bytes made here ask the kernel for transparent huge pages (Linux, MADV_HUGEPAGE):
-# filling a new 64 MiB object then takes ~500 page faults instead of ~16,000 (measured
-# here: 45-55 ms instead of 100-130 ms, and freeing it 0.5 ms instead of 5-10 ms).
-HUGE_PAGES_MIN = 4 * 1024 * 1024
-_MADV_HUGEPAGE = 14  # <linux/mman.h>
-_PAGE = 4096
-
-
-def _new_bytes(size: int) -> tuple[bytes, memoryview] | None:
-    """A new bytes object of ``size`` bytes and a writable view of its memory, to fill before
-    anyone else sees it (as C code fills the result of PyBytes_FromStringAndSize(NULL, n)).
-    None where that cannot be done (not CPython, no ctypes)."""
-    global _bytes_maker
-    if _bytes_maker is None:
-        _bytes_maker = False
-        try:
-            import ctypes
-            import sys
-
-            if sys.implementation.name == "cpython":
-                new = ctypes.pythonapi.PyBytes_FromStringAndSize
-                new.restype = ctypes.py_object
-                new.argtypes = (ctypes.c_char_p, ctypes.c_ssize_t)
-                offset = bytes.__basicsize__ - 1  # where the data starts (ob_sval)
-                madvise = None
-                if sys.platform.startswith("linux"):
-                    try:
-                        madvise = ctypes.CDLL(None, use_errno=True).madvise
-                        madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-                        madvise.restype = ctypes.c_int
-                    except (OSError, AttributeError):
-                        madvise = None
-
-                def make(n: int) -> tuple[bytes, memoryview]:
-                    obj = new(None, n)
-                    address = id(obj) + offset
-                    if madvise is not None and n >= HUGE_PAGES_MIN:
-                        start = (address + _PAGE - 1) & ~(_PAGE - 1)
-                        madvise(start, (address + n - start) & ~(_PAGE - 1), _MADV_HUGEPAGE)  # a hint
-                    return obj, memoryview((ctypes.c_char * n).from_address(address)).cast("B")
-
-                probe, view = make(16)  # check the layout before trusting it
-                view[:] = b"gearnb-bytes-ok!"
-                view.release()
-                if probe == b"gearnb-bytes-ok!" and hash(probe) == hash(b"gearnb-bytes-ok!"):
-                    _bytes_maker = make
-        except Exception:  # noqa: BLE001 - fall back to joining the pieces
-            _bytes_maker = False
-    if not _bytes_maker or size <= 0:
-        return None
-    return _bytes_maker(size)
-
-
-def join_bytes(parts: list[bytes | memoryview], first: Callable[[], bytes] | None = None) -> bytes:
-    """``b"".join(parts)``; a large result is made by :func:`_new_bytes` (huge pages).
-    With ``first``, ``parts[0]`` only reserves room: it is replaced by ``first()`` (as long),
-    called once the other parts are copied - work done meanwhile in other threads overlaps."""
-    total = 0
-    for part in parts:
-        if type(part) is not bytes and not (
-                type(part) is memoryview and part.format == "B" and part.ndim == 1 and part.c_contiguous):
-            total = -1
-            break
-        total += len(part)
-    made = _new_bytes(total) if total >= HUGE_PAGES_MIN else None
-    if made is None:
-        return b"".join([_first(first, parts), *parts[1:]] if first is not None else parts)
-    out, view = made
-    pos = 0
-    for part in parts:
-        view[pos:pos + len(part)] = part
-        pos += len(part)
-    if first is not None:
-        head = _first(first, parts)
-        view[:len(head)] = head
-    view.release()
-    return out
-
-
-def _first(first: Callable[[], bytes], parts: list[bytes | memoryview]) -> bytes:
-    head = first()
-    if len(head) != len(parts[0]):
-        raise ValueError("join_bytes: first() must return as many bytes as parts[0] holds")
-    return head

@@ -16,19 +16,23 @@ import sys
 from collections import OrderedDict
 from typing import Any, Callable
 
-from ..errors import WorkException
-from ..protocol.codec import BufferList
+from ..errors import TaskStopped, WorkException
+from ..buffers import BufferList
 from ..worker import Job
-from . import envelope
+from . import envelope, sharing
 from .replay import NotRun, ReplayGuard
-from .signing import RefusedPayload, Signer
+from .signing import MAC_SIZE, MAGIC, PREFIX_SIZE, CallId, RefusedPayload, Signer
 
 log = logging.getLogger("gearnb.pyexec")
 
 PYEXEC = "pyexec"
 # Functions kept unpickled per worker, by digest. A sweep uses a handful; 256 bounds memory
-# for a long-lived worker that sees many notebooks' functions.
+# for a long-lived worker that sees many notebooks' functions...
 FUNCTION_CACHE_SIZE = 256
+# ...and so do the bytes of the arrays they capture, when those came in the job rather than
+# shared (a function's shared buffers are dropped when its caller releases them, at the end of
+# its map): a few 200 MB captured datasets.
+FUNCTION_CACHE_BYTES = 1 << 30
 
 _current: Job | None = None  # the job this process is running, for report()
 
@@ -67,19 +71,63 @@ class _JobStream(io.TextIOBase):
             self._send(text.encode(errors="replace"))
 
 
+class _Deliver:
+    """The sharer of a result (an :class:`~gearnb.pyexec.envelope.Sharer`): a large buffer goes
+    to the caller's value store, tagged with the call's nonce, or inline if it is out of reach."""
+
+    __slots__ = ("links", "store", "nonce")
+
+    def __init__(self, links: sharing.StoreLinks, store: bytes, nonce: bytes) -> None:
+        self.links, self.store, self.nonce = links, store, nonce
+
+    def share(self, raw: memoryview, pin: bool = False) -> list[Any] | None:
+        return self.links.deliver(self.store, self.nonce, [raw])
+
+
 class PyexecRunner:
     """Callable as a worker function: ``worker.register("pyexec", PyexecRunner(key))``."""
 
-    def __init__(self, key: bytes, function_name: str = PYEXEC) -> None:
+    def __init__(self, key: bytes, function_name: str = PYEXEC, slot: Any = None) -> None:
         self.signer = Signer(key)
+        # In a task process: the guard's JobSlot, told each job's call once it is verified, so
+        # the guard can answer for the call if this process dies (isolation.py).
+        self.slot = slot
         self.function_name = function_name.encode()
-        self.functions: OrderedDict[bytes, Any] = OrderedDict()
+        # digest -> (function, tokens of its shared buffers, bytes of its buffers sent inline)
+        self.functions: OrderedDict[bytes, tuple[Any, frozenset[bytes], int]] = OrderedDict()
+        self._function_bytes = 0
         self.replay_guard = ReplayGuard()
+        # Connections to callers' value stores (large values through shared memory, sharing.py).
+        self.links = sharing.StoreLinks() if sharing.available() else None
+        if self.links is not None:
+            self.links.on_release = self._released
+        self.stop_requested = False  # see stop()
 
     def __call__(self, job: Job) -> bytes | BufferList:
+        self.stop_requested = False
+        try:
+            return self._answer(job)
+        except KeyboardInterrupt:
+            if not self.stop_requested:
+                raise
+            # Stopped outside its calls (decoding, encoding): the whole job is answered so.
+            raise self._stopped(job) from None
+
+    def _stopped(self, job: Job) -> WorkException:
+        """The answer of a job stopped on its caller's request, signed for its call."""
+        data = job.data
+        if len(data) < PREFIX_SIZE or not data.startswith(MAGIC):
+            return WorkException(b"gearnb worker: stopped: its caller gave up on it")
+        call = CallId(bytes(data[len(MAGIC):len(MAGIC) + MAC_SIZE]), bytes(data[len(MAGIC) + MAC_SIZE:PREFIX_SIZE]))
+        error = TaskStopped("stopped: its caller gave up on it")
+        return WorkException(self.signer.sign_result(job.function.encode(), call, [envelope.encode_failure(error)]))
+
+    def _answer(self, job: Job) -> bytes | BufferList:
         name = job.function.encode()
         try:
             body, call = self.signer.verify_call(name, job.data)
+            if self.slot is not None:
+                self.slot.call(name, job.data)
             self.replay_guard.admit(call, job.handle)
         except NotRun as exc:
             log.warning("did not run job %r: %s", job.handle, exc)
@@ -91,9 +139,18 @@ class PyexecRunner:
             log.warning("refused job %r: %s", job.handle, exc)
             # Plain text, unsigned: the caller shows it, never unpickles it.
             raise WorkException(f"gearnb worker refused the job: {exc}".encode()) from None
+        if self.links is not None:
+            self.links.poll()  # values its callers released meanwhile
         try:
             msg = envelope.decode_call(body)
-            fn = self._function(msg)
+            store = msg.get("sa")
+            try:
+                tokens = envelope.resolve_shared(msg, None if self.links is None or store is None
+                                                 else lambda ref: self.links.fetch(store, ref))  # type: ignore[union-attr]
+            except sharing.SharedUnavailable as exc:
+                log.info("job %r: %s; asking for it inline", job.handle, exc)
+                return self.signer.sign_result(name, call, [envelope.encode_need_inline(str(exc))])
+            fn = self._function(msg, tokens)
             if fn is None:
                 return self.signer.sign_result(name, call, [envelope.encode_need_code()])
             columns = envelope.call_columns(msg)
@@ -105,7 +162,10 @@ class PyexecRunner:
                     f"where the workers run, or call cloudpickle.register_pickle_by_value(module) before "
                     f"submitting to send its code along", name=exc.name)
             raise WorkException(self.signer.sign_result(name, call, [envelope.encode_failure(exc)])) from None
-        result = self._run(job, fn, calls, columns is not None)
+        try:
+            result = self._run(job, fn, calls, columns is not None, self._result_sharer(store, call))
+        except TaskStopped as exc:
+            raise WorkException(self.signer.sign_result(name, call, [envelope.encode_failure(exc)])) from None
         if not msg.get("ch") and 0 in result[1]:
             # A single call that raised: WORK_EXCEPTION, so Gearman tools see a failure.
             raise WorkException(self.signer.sign_result(name, call, result[2]))
@@ -116,24 +176,44 @@ class PyexecRunner:
             return self.signer.signed_result_parts(name, call, parts)
         return self.signer.sign_result(name, call, parts)
 
-    def _function(self, msg: dict[str, Any]) -> Any:
+    def _function(self, msg: dict[str, Any], tokens: dict[int, bytes]) -> Any:
         digest = msg["fd"]
-        fn = self.functions.get(digest)
-        if fn is not None:
+        entry = self.functions.get(digest)
+        if entry is not None:
             self.functions.move_to_end(digest)
-            return fn
-        code = msg.get("fc")
-        if code is None:
+            return entry[0]
+        if msg.get("fc") is None:
             return None
-        fn = pickle.loads(code)
-        self.functions[digest] = fn
-        if len(self.functions) > FUNCTION_CACHE_SIZE:
-            self.functions.popitem(last=False)
+        fn = envelope.load_function(msg)
+        own = msg.get("zb", ())[:msg.get("fn", 0)]  # the function's buffers come first
+        shared = frozenset(tokens[i] for i in range(len(own)) if i in tokens)
+        inline = sum(memoryview(own[i]).nbytes for i in range(len(own)) if i not in tokens)
+        self.functions[digest] = (fn, shared, inline)
+        self._function_bytes += inline
+        while len(self.functions) > FUNCTION_CACHE_SIZE or (
+                self._function_bytes > FUNCTION_CACHE_BYTES and len(self.functions) > 1):
+            self._function_bytes -= self.functions.popitem(last=False)[1][2]
         return fn
 
-    def _run(self, job: Job, fn: Any, calls: Any, columns: bool = False) -> tuple[list[Any], dict[int, Any], list[Any]]:
+    def _released(self, tokens: set[bytes]) -> None:
+        """Callers released shared values: forget the functions that captured them."""
+        for digest in [d for d, (_, shared, _) in self.functions.items() if shared & tokens]:
+            self._function_bytes -= self.functions.pop(digest)[2]
+
+    def _result_sharer(self, store: Any, call: CallId) -> _Deliver | None:
+        """Where a large result goes: the caller's value store, if this process reaches it."""
+        if self.links is None or not isinstance(store, bytes):
+            return None
+        return _Deliver(self.links, store, call.nonce)
+
+    def _run(self, job: Job, fn: Any, calls: Any, columns: bool = False,
+             sharer: Any = None) -> tuple[list[Any], dict[int, Any], list[Any]]:
         """Call ``fn`` on each of ``calls`` (``(args, kwargs)`` pairs, or with ``columns`` the
-        argument columns of a map chunk); returns values, error records and the result body."""
+        argument columns of a map chunk); returns values, error records and the result body.
+
+        Whatever a call raises is that call's error, ``BaseException`` included (``sys.exit``,
+        a KeyboardInterrupt raised by the task itself): the worker carries on. A stop asked for
+        by the caller (:meth:`stop`, SIGINT in a task process) ends the whole chunk."""
         global _current
         values: list[Any] = []
         errors: dict[int, dict[str, Any]] = {}
@@ -147,32 +227,41 @@ class PyexecRunner:
                 for index, (args, kwargs) in enumerate(calls):
                     try:
                         values.append(fn(*args, **kwargs))
-                    except Exception as exc:  # noqa: BLE001 - goes back to the caller
-                        values.append(None)
-                        errors[index] = envelope.error_record(exc, skip_frames=1)  # from the user's function on
+                    except BaseException as exc:  # noqa: BLE001 - goes back to the caller
+                        values.append(self._failed(index, exc, errors))
             elif len(calls) == 1:  # map(fn, items): the common case, one argument per call
                 append = values.append
                 for index, item in enumerate(calls[0]):
                     try:
                         append(fn(item))
-                    except Exception as exc:  # noqa: BLE001 - goes back to the caller
-                        append(None)
-                        errors[index] = envelope.error_record(exc, skip_frames=1)  # from the user's function on
+                    except BaseException as exc:  # noqa: BLE001 - goes back to the caller
+                        append(self._failed(index, exc, errors))
             else:
                 for index, args in enumerate(zip(*calls)):
                     try:
                         values.append(fn(*args))
-                    except Exception as exc:  # noqa: BLE001 - goes back to the caller
-                        values.append(None)
-                        errors[index] = envelope.error_record(exc, skip_frames=1)  # from the user's function on
+                    except BaseException as exc:  # noqa: BLE001 - goes back to the caller
+                        values.append(self._failed(index, exc, errors))
         finally:
             _current = None
             sys.stdout, sys.stderr = saved
             out.flush()
             err.flush()
         try:
-            body = envelope.encode_result_parts(values, errors)
+            body = envelope.encode_result_parts(values, errors, sharer)
         except Exception as exc:  # noqa: BLE001 - a result that does not serialise
             errors = {i: envelope.error_record(exc) for i in range(len(values))}
             body = envelope.encode_result_parts([None] * len(values), errors)
         return values, errors, body
+
+    def _failed(self, index: int, exc: BaseException, errors: dict[int, dict[str, Any]]) -> None:
+        """Record call ``index``'s exception; a stop the caller asked for ends the chunk."""
+        if self.stop_requested:
+            raise TaskStopped("stopped: its caller gave up on it") from None
+        errors[index] = envelope.error_record(exc, skip_frames=1)  # from the user's function on
+
+    def stop(self, signum: int = 0, frame: Any = None) -> None:
+        """Stop the running task: a KeyboardInterrupt in it, and no further call of its chunk
+        (a SIGINT handler in a task process; callable from the thread running the task)."""
+        self.stop_requested = True
+        raise KeyboardInterrupt

@@ -40,7 +40,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, NamedTuple, Sequence, Union
 
-from ..protocol.codec import BufferList, join_bytes, nbytes
+from ..buffers import BufferList, join_bytes, nbytes
 from ..worker_text import shown
 from .keys import NO_KEY_HELP, checked_key
 

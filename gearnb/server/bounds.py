@@ -115,10 +115,12 @@ class Bounds:
                        f"packet", b"SERVER_ERROR")
         self.newcomers[conn] = time.monotonic() + self.first_packet_timeout
 
-    def first_items(self, conn: Connection, items: Sequence[tuple[int, object]]) -> None:
-        """The first reads of a connection: it is authenticated once a whole packet came."""
-        for ptype, _ in items:
-            if ptype >= -1:  # a packet or an admin line, not the head of a large packet
+    def first_items(self, conn: Connection, items: Sequence[tuple[object, object]]) -> None:
+        """The first reads of a connection (``(handler, args)``, see JobServer.dispatch): it is
+        authenticated once a whole packet or admin line came, not just a large packet's head."""
+        heads = self.server.head_handlers
+        for handler, _ in items:
+            if handler not in heads:
                 conn.newcomer = False
                 self.newcomers.pop(conn, None)
                 return

@@ -25,10 +25,10 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .. import limits
-from ..protocol import ADMIN_LINE, HIGH, NORMAL, PT, RES, SUBMIT_TYPES, ProtocolError
+from ..protocol import ADMIN_LINE, HIGH, PT, RES, SUBMIT_TYPES, ProtocolError
 from ..protocol import pack, pack_parts
 from ..protocol.codec import BIG_PACKET, LARGE, OVERSIZE, RECV_BUFFER
-from ..protocol.packets import MAX_UNIQUE_SIZE
+from ..protocol.packets import ARG_COUNT, MAX_UNIQUE_SIZE
 from .admin import AdminCommands
 from .bounds import Bounds
 from .clients import ClientRecord
@@ -46,6 +46,10 @@ log = logging.getLogger("gearnb.server")
 
 Handler = Callable[["Connection", Sequence[bytes]], None]
 NO_JOB_PACKET = pack(RES, PT.NO_JOB, ())
+# A job whose worker's connection dropped this many times while running it is failed
+# (WORK_FAIL to its clients) instead of being queued again. gearmand's default is 0, "for
+# ever": one job that kills every worker that takes it then keeps a cluster busy for ever.
+DEFAULT_JOB_RETRIES = 3
 
 
 class JobServer:
@@ -63,7 +67,7 @@ class JobServer:
         *,
         timers: Timers | None = None,
         max_packet_size: int | str | None = None,
-        job_retries: int = 0,
+        job_retries: int = DEFAULT_JOB_RETRIES,
         handle_prefix: str | None = None,
         exceptions_default: bool = False,
         queue: Queue | None = None,
@@ -76,7 +80,7 @@ class JobServer:
         self.held = 0
         # CAN_DO_TIMEOUT in seconds, as the Perl Gearman::Server reads it and Perl workers send it.
         self.can_do_timeout_seconds = can_do_timeout_seconds
-        # gearmand 1.1.x: 0 means unlimited; N means a job whose worker died N times is failed.
+        # As gearmand 1.1.x: 0 means unlimited; N means a job whose worker died N times is failed.
         self.job_retries = job_retries
         self.exceptions_default = exceptions_default
         self.handles = handles(handle_prefix)
@@ -119,40 +123,50 @@ class JobServer:
         }
         for ptype in SUBMIT_TYPES:
             self.handlers[ptype] = self._submit_handler(ptype)
+        # What each connection's decoder hands out per packet: its handler, found with the
+        # lookup that gives the argument count (one dict lookup per packet). Types the server
+        # does not take (ALL_YOURS, SUBMIT_JOB_SCHED, response types) decode too and are
+        # answered as gearmand does.
+        self.dispatch: dict[int, tuple[int, Handler]] = {
+            ptype: (ARG_COUNT.get(ptype, 0), self.handlers.get(ptype) or functools.partial(self._unexpected, ptype))
+            for ptype in [*ARG_COUNT, ADMIN_LINE]}
         self.bounds = Bounds(self, **bounds)
         self.waiting_for_memory = self.bounds.waiting  # the same deque, one lookup nearer
-        # The head of a large packet (lazy decoder) and of one over max_packet_size.
-        self.handlers[LARGE] = self.bounds.large_packet  # type: ignore[assignment]
-        self.handlers[OVERSIZE] = self.bounds.oversize  # type: ignore[assignment]
+        # The head of a large packet (lazy decoder) and of one over max_packet_size: not a
+        # packet yet, so not one that makes a connection authenticated (bounds.first_items).
+        self.dispatch[LARGE] = (0, self.bounds.large_packet)
+        self.dispatch[OVERSIZE] = (0, self.bounds.oversize)
+        self.head_handlers = frozenset((self.dispatch[LARGE][1], self.dispatch[OVERSIZE][1]))
+        self.packet_types = {handler: ptype for ptype, (_, handler) in self.dispatch.items()}  # for traces
 
     # -- connections ----------------------------------------------------------------------
     def connection_made(self, conn: Connection) -> None:
         self.connections[conn] = None
         self.bounds.connection_made(conn)
 
-    def received(self, conn: Connection, items: list[tuple[int, Any]]) -> None:
-        """Run the handler of each ``(type, args)`` decoded from one read, in order (an admin
-        line is ``(ADMIN_LINE, text)``; LARGE and OVERSIZE items carry a packet's head)."""
+    def received(self, conn: Connection, items: list[tuple[Handler, Any]]) -> None:
+        """Run each ``(handler, args)`` decoded from one read (see ``dispatch``), in order
+        (LARGE and OVERSIZE items carry a large packet's head)."""
         if conn.newcomer:
             self.bounds.first_items(conn, items)
-        if self.tracer is not None:
-            self.tracer.received(conn, [item for item in items if item[0] >= ADMIN_LINE])
-        handlers = self.handlers
-        for ptype, args in items:
+        if self.tracer is not None:  # the tracer reads packet types
+            types = self.packet_types
+            self.tracer.received(conn, [(types[handler], args) for handler, args in items
+                                        if types[handler] >= ADMIN_LINE])
+        for handler, args in items:
             if conn.closed:
                 break
-            handler = handlers.get(ptype)
-            if handler is None:
-                # A well-formed packet we do not take (ALL_YOURS, SUBMIT_JOB_SCHED, a response
-                # type): gearmand answers ERROR and keeps the connection open.
-                conn.error(b"INVALID_COMMAND", b"Command not expected")
-                continue
             try:
                 handler(conn, args)
             except ProtocolError as exc:
                 conn.protocol_error(exc)
                 break
         self.outbox.flush_soon()
+
+    def _unexpected(self, ptype: int, conn: Connection, args: Sequence[bytes]) -> None:
+        """A well-formed packet the server does not take (ALL_YOURS, SUBMIT_JOB_SCHED, a
+        response type): gearmand answers ERROR and keeps the connection open."""
+        conn.error(b"INVALID_COMMAND", b"Command not expected")
 
     def connection_lost(self, conn: Connection) -> None:
         if self.tracer is not None:  # before the requeues and wake-ups it causes
@@ -505,28 +519,18 @@ class JobServer:
         self._end_job(job)  # WORK_EXCEPTION ends the job, as in gearmand >= 1.1.9
 
     def _end_job(self, job: Job) -> None:
-        state = job.state
-        if state == DONE:
+        """The one way a job ends (completed, failed, cancelled, dropped): the job drops its
+        links (Job.end), the server its tables and the persistent queue its row."""
+        if job.state == DONE:
             return
-        function = job.function
-        if state == QUEUED:
-            function.remove(job)
-        elif state == RUNNING:
-            job.unassign()
-        elif state == SCHEDULED:
-            function.scheduled -= 1
-        job.state = DONE
-        if job.timer is not None:
-            job.timer.cancel()
-            job.timer = None
+        job.end()
         del self.jobs[job.handle]
         self.held -= len(job.data)
         if self.waiting_for_memory:
             self.bounds.admit_waiting()
-        if job.key and function.by_unique.get(job.key) is job:
-            del function.by_unique[job.key]
-        if job.clients:
-            job.unlink_clients()
+        key = job.key
+        if key and job.function.by_unique.get(key) is job:
+            del job.function.by_unique[key]
         if job.stored and self.queue is not None:
             self.queue.delete(job)
 

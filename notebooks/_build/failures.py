@@ -1,5 +1,5 @@
-"""The cells of 04-failures.ipynb: remote exceptions, retries, a worker killed in the middle
-of a map, cancelling a queued call, and Ctrl-C."""
+"""The cells of 04-failures.ipynb: remote exceptions, retries, tasks that crash their process,
+tasks that never end, a worker killed in the middle of a map, cancelling, and Ctrl-C."""
 
 from common import code, md
 
@@ -7,10 +7,14 @@ CELLS = [
     md("""
 # When things go wrong
 
-Remote exceptions, retries, a worker killed in the middle of a map, cancelling a queued call,
-and Ctrl-C. This notebook uses an explicit local cluster of two workers, `gearnb.local(workers=2)`,
-whose executor has the same `gmap` / `imap` / `submit` as the module-level functions plus the
-pids of its worker processes.
+Remote exceptions, retries, tasks that crash their process or never end, a worker killed in the
+middle of a map, cancelling, and Ctrl-C. This notebook uses an explicit local cluster of two
+workers, `gearnb.local(workers=2)`, whose executor has the same `gmap` / `imap` / `submit` as
+the module-level functions plus the pids of its worker processes.
+
+Each worker runs its tasks in a *task process* of its own: a task that kills that process
+(a segfault, `os._exit`, the OOM killer) fails, the worker starts a fresh task process, and the
+worker itself - with its connection to the job server - carries on.
 """),
     code("""
 import os
@@ -101,12 +105,72 @@ single.mkdir()
 ex.submit(flaky, 7, str(single), retries=1).result(timeout=30)  # submit() takes retries= too
 """),
     md("""
+## A task that crashes its process
+
+`crashy` segfaults on item 3 (`ctypes.string_at(0)` reads address 0). Its task process dies;
+the worker answers that job with `gearnb.WorkerDied`, saying how the process ended, and starts a
+fresh task process. gearnb tries such a task three times, each time in a fresh process (a chunk
+is split into single items first, so the other items of its chunk are not lost), then the map
+raises - once, naming the item. The same happens for `os._exit(1)` or a SIGKILL from the
+kernel's OOM killer.
+"""),
+    code("""
+def crashy(i):
+    import ctypes
+
+    if i == 3:
+        ctypes.string_at(0)  # a segfault
+    return i * i
+
+
+began = time.monotonic()
+try:
+    ex.gmap(crashy, range(8))
+except gearnb.WorkerDied as exc:
+    print(f"after {time.monotonic() - began:.1f} s:", exc)
+    print(*exc.__notes__)
+print(ex.gmap(crashy, [0, 1, 2, 4]))  # the cluster carries on at once
+"""),
+    md("""
+`sys.exit()` inside a task is not a crash: like any exception, it fails that task, and the
+worker carries on. (It is raised again here, as `concurrent.futures` does.)
+"""),
+    code("""
+import sys
+
+print(repr(ex.submit(sys.exit, 3).exception(timeout=30)))
+"""),
+    md("""
+## A task that never ends
+
+A map's `timeout=` gives up on it: its queued jobs are taken out of the job server's queue and
+its running tasks are stopped where they run (a KeyboardInterrupt in the task; its process is
+killed if it does not stop within two seconds). Seconds later no worker runs it any more.
+`future.cancel(force=True)` does the same for one call.
+"""),
+    code("""
+def spin(i):
+    while True:
+        pass
+
+
+began = time.monotonic()
+try:
+    ex.gmap(spin, range(4), timeout=3)
+except TimeoutError as exc:
+    print(f"{exc!r} after {time.monotonic() - began:.1f} s")
+wait_for(lambda: pyexec_status().running == 0, what="the spinning tasks stopping")
+print(pyexec_status())
+print(ex.gmap(abs, range(-6, 0)))  # both workers are free again
+"""),
+    md("""
 ## A worker killed in the middle of a map
 
 Forty items of 0.3 s each on two workers. After five results, wait for one worker to start a
-new item, then kill it with SIGKILL: no clean-up, no goodbye. The job server sees the worker's
-connection drop and gives its job to the other worker; the local cluster starts a replacement
-process. Nothing is lost and nothing is returned twice.
+new item, then kill the worker process itself with SIGKILL: no clean-up, no goodbye (its task
+process goes with it). The job server sees the worker's connection drop and gives its job to
+the other worker; the local cluster starts a replacement process. Nothing is lost and nothing
+is returned twice.
 """),
     code("""
 started = scratch / "started"
@@ -118,7 +182,7 @@ def slow_identity(i, folder=str(started)):
     import pathlib
     import time
 
-    pathlib.Path(folder, f"{i}-{os.getpid()}").touch()  # "item i started in process pid"
+    pathlib.Path(folder, f"{i}-{os.getppid()}").touch()  # "item i started by worker pid" (its task's parent)
     time.sleep(0.3)
     return i
 
@@ -174,13 +238,22 @@ assert queued.cancelled() and not marker.exists()
 ## Ctrl-C
 
 Interrupting a cell (the ■ button, or Ctrl-C in a terminal) raises `KeyboardInterrupt` in the
-map, which then cancels its jobs still queued on the job server, so the workers do not go on
-with work nobody waits for. Here a timer plays the user and interrupts after one second, and
-the cell catches the interrupt to go on.
+map, which then cancels its jobs still queued on the job server and stops the running ones, so
+no worker goes on with work nobody waits for. Jupyter interrupts a kernel by sending SIGINT to
+its whole process group; the local cluster's processes run in sessions of their own, so the
+signal reaches only the kernel. Here a timer plays the user: after one second it sends SIGINT to
+this kernel's process group, as Jupyter does, and the cell catches the interrupt to go on.
 """),
     code("""
-main = threading.main_thread().ident
-timer = threading.Timer(1.0, signal.pthread_kill, args=(main, signal.SIGINT))
+def interrupt_like_jupyter():
+    if os.getpgid(0) == os.getpid():  # this kernel leads its process group, as Jupyter starts it
+        os.killpg(os.getpgid(0), signal.SIGINT)
+    else:  # started some other way: signal the kernel alone
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+workers_before = ex.worker_pids()
+timer = threading.Timer(1.0, interrupt_like_jupyter)
 timer.start()
 began = time.monotonic()
 try:
@@ -192,9 +265,11 @@ finally:
     timer.cancel()
 """),
     code("""
-wait_for(lambda: pyexec_status().total == 0, what="the queue emptying")  # the running items finish
+wait_for(lambda: pyexec_status().total == 0, what="nothing of the map left")
 print(pyexec_status())
-ex.gmap(abs, [-1, -2, -3])  # the executor is fine afterwards
+print("same worker processes:", ex.worker_pids() == workers_before)
+began = time.monotonic()
+print(ex.gmap(abs, [-1, -2, -3]), f"in {time.monotonic() - began:.2f} s")  # the executor is fine afterwards
 """),
     md("""
 ## Clean up
