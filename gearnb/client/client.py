@@ -50,6 +50,7 @@ class Client:
         self._io = io_loop()
         self._core = ClientCore(self.servers, submit_timeout=submit_timeout,
                                 max_packet_size=max_packet_size, ssl=ssl, namespace=namespace)
+        self.max_packet_size = self._core.max_packet_size  # the limit in bytes, resolved (gearnb.limits)
         self._pid = os.getpid()  # its I/O thread belongs to this process (see submit_many)
         self._outbox: deque[Task] = deque()  # tasks on their way to the I/O thread
         self._outbox_scheduled = False
