@@ -259,26 +259,63 @@ def local():
         yield ex
 
 
+@pytest.fixture
+def no_sharing(monkeypatch):
+    """This process as a caller that cannot share memory with the workers (as one on another
+    host): its executors find no value store, so every byte of a call and of its result goes
+    in the Gearman job (gearnb/pyexec/sharing.py decides on the caller's side)."""
+    from gearnb.pyexec import sharing
+
+    monkeypatch.setattr(sharing, "_store", None)
+    monkeypatch.setattr(sharing, "_store_failed", True)
+
+
+def _in_the_job(future, nbytes: int) -> bool:
+    """Whether the call and its result each travelled in the job (not shared memory)."""
+    sub = future.run.chunk.sub
+    return len(sub.data) > nbytes and len(sub.result) > nbytes
+
+
 def test_a_1_gib_array_round_trip_on_the_default_local_cluster(local):
+    """The local default: the array goes through shared memory (sharing.py), the job is small."""
     arr = np.arange(1 << 27, dtype=np.float64)  # 1 GiB
-    back = local.submit(lambda a: a, arr).result(timeout=300)
-    assert back.shape == arr.shape and np.array_equal(back, arr)
+    future = local.submit(lambda a: a + 1, arr)
+    back = future.result(timeout=300)
+    assert back.shape == arr.shape and back[0] == 1.0 and back[-1] == float(arr[-1] + 1)
+    assert not _in_the_job(future, arr.nbytes)
 
 
-def test_a_lambda_capturing_a_200_mb_array(local):
+def test_a_1_gib_array_round_trip_through_the_gearnb_server(local, no_sharing):
+    """The path a remote worker takes: 1 GiB there and back in Gearman packets through the
+    bundled job server, with no max_packet_size set anywhere."""
+    with gearnb.Executor(local.servers, key=local.cluster.key) as ex:
+        arr = np.arange(1 << 27, dtype=np.float64)
+        future = ex.submit(lambda a: a, arr)
+        back = future.result(timeout=300)
+        assert back.shape == arr.shape and np.array_equal(back, arr)
+        assert _in_the_job(future, arr.nbytes)
+
+
+@pytest.mark.parametrize("path", ["shared", "in the job"])
+def test_a_lambda_capturing_a_200_mb_array(local, path, request):
+    if path == "in the job":
+        request.getfixturevalue("no_sharing")
     big = np.full(25_000_000, 2.0)  # 200 MB, inside the function's closure
-    assert local.gmap(lambda i: float(big[i * 1000] * i), range(8)) == [2.0 * i for i in range(8)]
+    with gearnb.Executor(local.servers, key=local.cluster.key) as ex:
+        assert ex.gmap(lambda i: float(big[i * 1000] * i), range(8)) == [2.0 * i for i in range(8)]
 
 
-def test_a_1_gib_array_round_trip_through_gearmand():
+def test_a_1_gib_array_round_trip_through_gearmand(no_sharing):
     need(GEARMAND, "gearmand")
     gearmand = GearmandProcess().start()
     workers = WorkerProcesses(gearmand.address, processes=1, key=KEY).start()
     try:
         with gearnb.Executor(gearmand.address, key=KEY) as ex:
             arr = np.arange(1 << 27, dtype=np.float64)
-            back = ex.submit(lambda a: a, arr).result(timeout=300)
+            future = ex.submit(lambda a: a, arr)
+            back = future.result(timeout=300)
             assert back.shape == arr.shape and np.array_equal(back, arr)
+            assert _in_the_job(future, arr.nbytes)
     finally:
         workers.stop()
         gearmand.stop()

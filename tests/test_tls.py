@@ -204,8 +204,9 @@ class TlsSniffer:
 
 
 def test_a_tls_only_cluster_map_cancel_worker_count_and_status(certs, tmp_path):
-    """Every connection gearnb makes - the workers', the Executor's jobs, its worker count and its
-    cancel, ``gearnb status`` - speaks TLS with a client certificate: a relay in front of the
+    """Every connection gearnb makes - the workers' (guard, task process, control function), the
+    Executor's jobs, its worker count, its cancel and its stop of a running task, ``gearnb
+    status`` - speaks TLS with a client certificate: a relay in front of the
     server sees a TLS handshake open each one, and the server refuses plain text (main: cancel
     and worker_count connected in plain text, and connect() and the commands had no TLS)."""
     server = GearnbProcess("--ssl-cert", str(certs / "server.pem"), "--ssl-key", str(certs / "server.key"),
@@ -246,9 +247,13 @@ def test_a_tls_only_cluster_map_cancel_worker_count_and_status(certs, tmp_path):
         wait_until(lambda: pyexec_status()[0] == 6, timeout=30)
         assert ex.cancel(queued) == 4
         assert all(future.cancelled() for future in queued)
+        # A running task is stopped where it runs: through the workers' control function, a
+        # TLS connection of its own (gearnb/pyexec/control.py).
+        assert blockers[0].cancel(force=True) and blockers[0].cancelled()
+        wait_until(lambda: pyexec_status()[1] == 1, timeout=30)
         gate.touch()
-        assert [future.result(timeout=30) for future in blockers] == ["went", "went"]
-        assert pyexec_status() == (0, 0, 2)
+        assert blockers[1].result(timeout=30) == "went"
+        wait_until(lambda: pyexec_status() == (0, 0, 2), timeout=30)
 
         status = subprocess.run([sys.executable, "-m", "gearnb", "status", "--servers", relay.address, *options],
                                 capture_output=True, text=True, timeout=60)
