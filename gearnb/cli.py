@@ -9,6 +9,7 @@ import sys
 
 from . import __version__
 from .limits import MAX_PACKET_ENV, parse_size
+from .server.bounds import FIRST_PACKET_TIMEOUT, STALL_TIMEOUT
 from .server.core import DEFAULT_JOB_RETRIES
 
 
@@ -202,12 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "large packets wait")
     p.add_argument("--max-connections", type=int, default=None,
                    help="most connections at once (default: the open-files limit, raised to its hard limit, less 32)")
-    p.add_argument("--first-packet-timeout", type=float, default=10.0, metavar="SECONDS",
+    p.add_argument("--first-packet-timeout", type=float, default=FIRST_PACKET_TIMEOUT, metavar="SECONDS",
                    help="close a connection that sent no complete packet (or finished no TLS handshake) by then "
-                        "(default 10)")
-    p.add_argument("--stall-timeout", type=float, default=30.0, metavar="SECONDS",
+                        f"(default {FIRST_PACKET_TIMEOUT:g})")
+    p.add_argument("--stall-timeout", type=float, default=STALL_TIMEOUT, metavar="SECONDS",
                    help="close a connection that sends no byte of a packet it started, or a slow client holding "
-                        "workers that reads nothing, for this long (default 30)")
+                        f"workers that reads nothing, for this long (default {STALL_TIMEOUT:g})")
     p.add_argument("--job-retries", type=int, default=DEFAULT_JOB_RETRIES,
                    help=f"fail a job after its worker died this many times (default {DEFAULT_JOB_RETRIES}; "
                         "0: requeue it for ever, gearmand's default)")

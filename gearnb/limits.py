@@ -7,7 +7,7 @@ the job server (``gearnb server --max-packet-size``), workers (``Worker(max_pack
 (children of the local cluster inherit it), else the protocol's own limit: a packet's size
 field is 32 bits, so a body holds at most 4 GiB - 1 bytes. Memory is not reserved up front
 for that: a receiver's buffer grows as the bytes arrive, and the job server has a global
-bound of its own (``--max-memory``, :mod:`gearnb.server.budget`).
+bound of its own (``--max-memory``, :mod:`gearnb.server.bounds`).
 
 Order of calls: constructors call :func:`max_packet_size` with what they were given; a side
 that finds a packet too large says so with :func:`too_large`, which names the limit and the
