@@ -9,8 +9,8 @@ __version__ = "0.1.0"
 
 from .admin import Admin
 from .api import (
-    as_completed, call, connect, default_executor, imap, imap_unordered, local, map, report, shutdown, submit,
-    wait,
+    as_completed, call, connect, default_executor, imap, imap_unordered, last_task_stream, local, map, report,
+    shutdown, submit, wait,
 )
 from .client import AsyncClient, Client, JobHandle, JobStatus, Task, TaskSet
 from .errors import (
@@ -26,7 +26,8 @@ __all__ = [
     "Admin", "AsyncClient", "Client", "Executor", "GearmanError", "GearnbFuture", "Job", "JobException",
     "JobFailed", "JobHandle", "JobStatus", "NoJobServers", "ProtocolError", "RefusedPayload", "RemoteError", "ServerError",
     "Task", "TaskSet", "TaskStopped", "VersionMismatch", "WorkException", "Worker", "WorkerDied", "__version__", "as_completed", "call",
-    "connect", "default_executor", "imap", "imap_unordered", "local", "map", "report", "shutdown", "submit",
+    "connect", "default_executor", "imap", "imap_unordered", "last_task_stream", "local", "map", "report",
+    "shutdown", "submit",
     "trace", "wait",
 ]
 

@@ -1,11 +1,23 @@
-"""The ipywidgets panel: a bar, a line of numbers, and a bar per task that reports status."""
+"""The ipywidgets panel: a bar, a line of numbers, a bar per task that reports status, and
+the map's task stream once the map has run for a while.
+
+Before the map starts it says what is starting (the local cluster: ``starting 4 workers…``).
+The task stream (the map's :class:`~gearnb.visual.TaskStream`, from the workers' timings) is
+drawn after ``STREAM_AFTER`` seconds - a quick map keeps a one-line panel - and redrawn at
+most every ``STREAM_REDRAW`` seconds, when it changed, and once more at the end.
+"""
 
 from __future__ import annotations
 
 import html
+import time
 from typing import Any
 
 from .tracker import Snapshot, describe
+
+STREAM_AFTER = 1.0  # seconds of a map before its panel shows the task stream
+STREAM_REDRAW = 1.0  # seconds between redraws of the task stream (an SVG of every task so far)
+STREAM_MAX_HEIGHT = "320px"  # taller pictures (many workers) scroll inside the panel
 
 
 class WidgetView:
@@ -19,7 +31,11 @@ class WidgetView:
         self.title = widgets.HTML(f"<b>{html.escape(label)}</b>")
         self.info = widgets.HTML("")
         self.tasks = widgets.VBox([])
+        self.stream = widgets.HTML("", layout=widgets.Layout(max_height=STREAM_MAX_HEIGHT, overflow="auto"))
+        self.stream.add_class("gearnb-task-stream")
         self._task_bars: dict[str, Any] = {}
+        self._stream_version = -1
+        self._stream_drawn = 0.0
         self.box = widgets.VBox([widgets.HBox([self.title, self.bar]), self.info, self.tasks])
         self.box.add_class("gearnb-progress")
         display(self.box)
@@ -41,12 +57,28 @@ class WidgetView:
             self.bar.bar_style = "danger"  # red as soon as a task fails
         self.info.value = f"<span style='font-family:monospace'>{html.escape(describe(s))}</span>"
         bars = []
-        for name, numerator, denominator in s.tasks:
+        for name, numerator, denominator in s.tasks or ():
             bar = self._task_bar(name)
             bar.value = numerator / denominator if denominator else 0
             bars.append(bar)
         if bars != list(self.tasks.children):
             self.tasks.children = bars
+        self._draw_stream(s)
+
+    def _draw_stream(self, s: Snapshot) -> None:
+        stream = s.stream
+        if stream is None or s.phase or len(stream) == 0:
+            return
+        now = time.monotonic()
+        shown = self._stream_version >= 0
+        if not shown and s.elapsed < STREAM_AFTER:
+            return
+        if stream.version == self._stream_version or (not s.finished and now - self._stream_drawn < STREAM_REDRAW):
+            return
+        self._stream_version, self._stream_drawn = stream.version, now
+        self.stream.value = stream.svg()
+        if not shown:
+            self.box.children = [*self.box.children, self.stream]
 
     def close(self, s: Snapshot) -> None:
         self.draw(s)

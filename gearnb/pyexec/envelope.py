@@ -169,20 +169,22 @@ class FunctionBlob:
         self.digest = hashlib.sha256(self.code).digest()[:16]
 
 
-def _call_msg(blob: FunctionBlob, with_code: bool, chunk: bool) -> dict[str, Any]:
+def _call_msg(blob: FunctionBlob, with_code: bool, chunk: bool, options: dict[str, Any] | None = None) -> dict[str, Any]:
     msg: dict[str, Any] = {
         "v": FORMAT_VERSION, "py": PYTHON_VERSION, "cp": CLOUDPICKLE_VERSION, "fd": blob.digest,
         "ch": chunk,
     }
     if with_code:
         msg["fc"] = blob.code
+    if options:  # how to run the calls (plain data): {"ol": output limit}
+        msg["o"] = options
     return msg
 
 
 def encode_call_parts(blob: FunctionBlob, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-                      with_code: bool, chunk: bool) -> list[Part]:
+                      with_code: bool, chunk: bool, options: dict[str, Any] | None = None) -> list[Part]:
     """The body of a call, in parts: one ``(args, kwargs)`` or, with ``chunk``, several."""
-    return pack_parts(_call_msg(blob, with_code, chunk), "a",
+    return pack_parts(_call_msg(blob, with_code, chunk, options), "a",
                       [[list(args), kwargs] for args, kwargs in calls])
 
 
@@ -193,11 +195,12 @@ def encode_call(blob: FunctionBlob, calls: list[tuple[tuple[Any, ...], dict[str,
     return parts[0] if len(parts) == 1 else b"".join(parts)  # type: ignore[return-value]
 
 
-def encode_map_chunk(blob: FunctionBlob, columns: list[list[Any]], with_code: bool) -> list[Part]:
+def encode_map_chunk(blob: FunctionBlob, columns: list[list[Any]], with_code: bool,
+                     options: dict[str, Any] | None = None) -> list[Part]:
     """The body of a map chunk, in parts: call ``i`` is ``fn(columns[0][i], columns[1][i], ...)``
     (no keyword arguments). One msgpack list per argument position, built without a
     per-item list or dict."""
-    return pack_parts(_call_msg(blob, with_code, True), "c", columns)
+    return pack_parts(_call_msg(blob, with_code, True, options), "c", columns)
 
 
 def decode_call(body: bytes | memoryview) -> dict[str, Any]:
@@ -299,8 +302,12 @@ def rebuild_error(record: dict[str, Any]) -> BaseException:
     return exc
 
 
-def encode_result_parts(values: list[Any], errors: dict[int, dict[str, Any]]) -> list[Part]:
+def encode_result_parts(values: list[Any], errors: dict[int, dict[str, Any]],
+                        extra: dict[str, Any] | None = None) -> list[Part]:
+    """``extra``: plain-data fields the result carries besides its values (the runner's timing)."""
     msg: dict[str, Any] = {"v": FORMAT_VERSION}
+    if extra:
+        msg.update(extra)
     if errors:
         msg["e"] = errors
     return pack_parts(msg, "r", values)

@@ -182,7 +182,8 @@ class IsolatedRunner:
             sock = process.ensure_started()
             if self._stopped:  # asked to stop while its task process was starting
                 raise self._stopped_before_start(job)
-            send_frame(sock, JOB, b"\0".join((job.handle, job.function.encode(), job.unique)) + b"\0")
+            # The server that gave the job goes along: nested maps in the task use it.
+            send_frame(sock, JOB, b"\0".join((job.handle, job.function.encode(), job.unique, job.server.encode())))
             send_frame(sock, DATA, job.data)
             while True:
                 frame = recv_frame(sock)
@@ -304,7 +305,7 @@ def task_main(fd: int, function_name: str) -> int:
     if not key:
         return 2
     os.environ.pop("GEARNB_KEY", None)  # user code in this process does not need the key
-    runner = PyexecRunner(key, function_name)
+    runner = PyexecRunner(key, function_name, worker_pid=os.getppid())
     # SIGINT stops the running task (a KeyboardInterrupt there); between tasks it is ignored.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -317,8 +318,9 @@ def task_main(fd: int, function_name: str) -> int:
         frame = recv_frame(sock)
         if kind != JOB or frame is None:
             return 0
-        handle, function, unique, _ = head.split(b"\0", 3)
+        handle, function, unique, server = head.split(b"\0", 3)
         job = _RelayedJob(sock, handle, function.decode(errors="replace"), unique, frame[1])
+        job.server = server.decode(errors="replace")
         signal.signal(signal.SIGINT, runner.stop)
         try:
             result = runner(job)
