@@ -10,6 +10,7 @@ through gearmand, the Perl server and the gearnb server.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -253,6 +254,23 @@ def test_map_with_gearnb_worker_processes(perl_server):
             assert executor.worker_count() == 2
         finally:
             gearnb.shutdown()
+
+
+def test_a_map_that_times_out_says_what_stays_queued(perl_server, caplog):
+    """The Perl server has no admin 'cancel job': a map that gives up says its jobs stay
+    queued there, naming the missing command, instead of leaving them without a word."""
+    key = os.urandom(32)
+    executor = gearnb.Executor(perl_server.address, key=key)  # no workers: every job stays queued
+    try:
+        with caplog.at_level(logging.WARNING, logger="gearnb.executor"):
+            with pytest.raises(TimeoutError):
+                executor.gmap(abs, range(6), chunksize=1, timeout=2)
+        [warning] = [r.getMessage() for r in caplog.records if "stay queued" in r.getMessage()]
+        assert "could not cancel 6 queued jobs" in warning and "'cancel job'" in warning, warning
+        with gearnb.Admin(perl_server.address) as admin:
+            assert [(s.function, s.total) for s in admin.status()] == [("pyexec", 6)]
+    finally:
+        executor.shutdown(wait=False)
 
 
 def test_calculus_example(perl_server, example):  # noqa: F811 - the imported fixture
