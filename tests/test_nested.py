@@ -39,6 +39,7 @@ def descendants(pid: int) -> set[int]:
 
 
 def square(y):
+    print("square of", y)
     return y * y, os.getpid()
 
 
@@ -57,7 +58,7 @@ def check(results, task_pids, servers):
         assert used == servers  # the cluster that ran the task, not a new local one
 
 
-def test_nested_maps_use_the_local_cluster_and_never_deadlock_it():
+def test_nested_maps_use_the_local_cluster_and_never_deadlock_it(capsys):
     with gearnb.local(workers=2) as ex:
         assert ex.gmap(abs, range(-4, 0), chunksize=1) == [4, 3, 2, 1]  # task processes up
         before = descendants(os.getpid())
@@ -69,6 +70,12 @@ def test_nested_maps_use_the_local_cluster_and_never_deadlock_it():
         check(results, task_pids, ex.servers)
         after = descendants(os.getpid())
         assert after == before, (sorted(before), sorted(after))
+    # Sub-tasks' output comes back inside the outer item's, tagged with both items, whether a
+    # worker ran them or the waiting task itself.
+    lines = sorted(capsys.readouterr().out.splitlines())
+    expected = sorted([f"[outer #{i}] [square #{j}] square of {x + j}" for i, x in enumerate([0, 10]) for j in range(6)]
+                      + [f"[outer #{i}] [square] square of {x + 100}" for i, x in enumerate([0, 10])])
+    assert lines == expected, lines
 
 
 @pytest.mark.parametrize("processes", [1, 3])

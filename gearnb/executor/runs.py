@@ -16,7 +16,9 @@ waits for it).
 from __future__ import annotations
 
 import contextvars
+import io
 import os
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
@@ -247,12 +249,21 @@ class Run:
         values: list[Any] = []
         errors: dict[int, BaseException] = {}
         started = time.time()
+        saved = sys.stdout, sys.stderr
         for i, args in enumerate(zip(*chunk.columns)):
+            # Its output is tagged with its item, as a worker's would be (show_output).
+            sys.stdout, sys.stderr = out, err = io.StringIO(), io.StringIO()
             try:
                 values.append(fn(*args, **kwargs))
             except Exception as exc:  # noqa: BLE001 - the item's error, as from a worker
                 values.append(None)
                 errors[i] = exc
+            finally:
+                sys.stdout, sys.stderr = saved
+            records = [(i, stream, text.getvalue().encode(errors="replace"))
+                       for stream, text in ((taskio.STDOUT, out), (taskio.STDERR, err)) if text.getvalue()]
+            if records:
+                self.show_output(chunk, records)
         cluster = task_cluster()
         host, _, worker_pid = (cluster.worker if cluster else f"{HOST}:{os.getpid()}").rpartition(":")
         chunk.local = (values, errors, [started, time.time(), host, worker_pid, os.getpid()])
