@@ -11,6 +11,12 @@ server queue). Order of calls: ``Run.send(chunks)`` -> each chunk's job ends on 
 the thread iterating a map (:class:`~gearnb.executor.mapping.MapRun`, so decoding is the
 caller's CPU work), or the I/O thread itself for a ``submit()`` (:class:`CallRun`: no thread
 waits for it).
+
+While a chunk runs, its worker's WORK_DATA batches (:mod:`gearnb.pyexec.taskio`) come to
+``Chunk.event`` on the I/O thread: the output goes to :meth:`Run.show_output` (each line tagged
+with its item) and the count of items done to the progress. A settled chunk's worker timing
+goes to the run's task stream (:meth:`Run.record`). Inside a task, a run whose jobs no worker
+takes runs them itself (:meth:`Run.take_back_and_run`, see ``HELP_AFTER``).
 """
 
 from __future__ import annotations
