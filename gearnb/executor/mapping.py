@@ -6,6 +6,10 @@ flight, so an input iterator is consumed lazily and a million-item map does not 
 million jobs up front), settles the chunks that ended (decoding is its CPU work, not the I/O
 thread's) and yields values in order or as they come. Closing it - finished, failed, timed
 out, interrupted - cancels what it still has queued on the job servers.
+
+Its progress tracker hears of items submitted, items done on workers inside running chunks
+(reported by the workers) and chunks settled; its task stream (``executor.last_task_stream``)
+gets a bar per settled chunk. Inside a task it helps (``_help``): see ``runs.HELP_AFTER``.
 """
 
 from __future__ import annotations
