@@ -483,6 +483,10 @@ def _run_all_in_browser(browser: Any, server: JupyterServer, source: Path, kerne
     # A session made up front starts the wanted kernel before the page opens.
     session = server.api("POST", "api/sessions", {"path": name, "type": "notebook", "name": name,
                                                   "kernel": {"name": kernel_name}})
+    if ui == "lab":
+        # JupyterLab reopens the notebooks of its saved workspace: only this one is wanted.
+        with contextlib.suppress(urllib.error.HTTPError):
+            server.api("DELETE", "lab/api/workspaces/default")
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     page.set_default_timeout(30_000)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
