@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The notebook API against its peers: gearnb, dask.distributed, ipyparallel, ProcessPoolExecutor.
 
-    python bench/notebook_api.py            # the full run (about 3-5 minutes on 2 cores)
+    python bench/notebook_api.py            # the full run (about 5-8 minutes on 2 cores)
     python bench/notebook_api.py --quick    # smaller sizes, one repeat (under a minute or two)
     python bench/notebook_api.py --only gearnb,ppe --json results.json
 
@@ -18,6 +18,14 @@ same trivial function, defined in ``__main__`` as it would be in a notebook:
 4. a ``--array-mib`` (64) MiB float64 numpy array sent as the argument of an identity function
    and returned (``ex.submit(lambda a: a, arr).result()``) -> MB/s, counting 2 x 64 MiB moved per
    round trip (there and back) over the median round-trip time, MB = 10^6 bytes.
+5. the same with ``--big-array-mib`` (1,024) MiB, two round trips after one warm-up (not
+   ipyparallel).
+6. a sweep: 100 tasks that each read their slice of a ``--sweep-mb`` (200) MB float64 array the
+   mapped function captures (gearnb ``gmap(lambda i: slice_sum(data, i), range(100),
+   chunksize=1)``) or, for dask, that ``client.scatter(data, broadcast=True)`` sent to every
+   worker first; the dataset is sent again in each of the ``--repeat`` runs.
+
+Then each target of issue 11 is printed as gearnb's figure over its peer's, with PASS or MISS.
 
 Each framework runs in a child process of its own (its own session), one after the other, so
 one framework's processes never share the machine with another's. Every measurement has a time
@@ -64,6 +72,15 @@ def inc(x):
 
 def ident(a):
     return a
+
+
+SWEEP_TASKS = 100
+
+
+def slice_sum(data, i):
+    """Task ``i`` of the sweep reads its hundredth of the dataset."""
+    step = len(data) // SWEEP_TASKS
+    return float(data[i * step:(i + 1) * step].sum())
 
 
 # -- the child: one framework, every measurement ---------------------------------------------
@@ -128,12 +145,13 @@ class Child:
         return {"p50": percentile(times, 50) * 1e3, "p99": percentile(times, 99) * 1e3,
                 "mean": statistics.fmean(times) * 1e3, "n": len(times), "units": len(times)}
 
-    def array(self, call: Callable[[Callable, Any], Any]) -> dict[str, Any]:
+    def array(self, call: Callable[[Callable, Any], Any], mib: int | None = None,
+              rounds: int | None = None) -> dict[str, Any]:
         import numpy as np
 
-        arr = np.random.default_rng(1).random(self.p["array_mib"] * 1024 * 1024 // 8)
+        arr = np.random.default_rng(1).random((mib or self.p["array_mib"]) * 1024 * 1024 // 8)
         times = []
-        for i in range(self.p["array_rounds"] + 1):
+        for i in range((rounds or self.p["array_rounds"]) + 1):
             t = time.perf_counter()
             back = call(ident, arr)
             elapsed = time.perf_counter() - t
@@ -145,6 +163,22 @@ class Child:
         median = statistics.median(times)
         return {"value": 2 * arr.nbytes / median / 1e6, "median_s": median, "runs_s": times,
                 "units": len(times) + 1}
+
+    def sweep(self, run: Callable[[Any], list]) -> dict[str, Any]:
+        """SWEEP_TASKS tasks that each read a --sweep-mb dataset (their slice of it): ``run(data)``
+        sends the dataset the framework's way and returns the tasks' values."""
+        import numpy as np
+
+        data = np.random.default_rng(2).random(self.p["sweep_mb"] * 1_000_000 // 8)
+        expected = [slice_sum(data, i) for i in range(SWEEP_TASKS)]
+        times = []
+        for _ in range(self.p["repeat"]):
+            t = time.perf_counter()
+            out = run(data)
+            times.append(time.perf_counter() - t)
+            if len(out) != SWEEP_TASKS or not all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(out, expected)):
+                raise AssertionError("the sweep returned wrong values")
+        return {"value": min(times), "runs_s": times, "units": SWEEP_TASKS * len(times)}
 
     # -- frameworks -----------------------------------------------------------------------
     def run_gearnb(self) -> None:
@@ -171,6 +205,12 @@ class Child:
             self.step("items", items)
             self.step("latency", lambda: self.latency(lambda f, x: ex.submit(f, x).result()))
             self.step("array", lambda: self.array(lambda f, a: ex.submit(f, a).result()))
+            if self.p["big_array_mib"]:
+                self.step("big_array", lambda: self.array(lambda f, a: ex.submit(f, a).result(),
+                                                          self.p["big_array_mib"], 2))
+            # The dataset is captured by the function: sent once per worker, not once per task.
+            self.step("sweep", lambda: self.sweep(
+                lambda data: ex.gmap(lambda i: slice_sum(data, i), range(SWEEP_TASKS), chunksize=1)))
 
     def run_ppe(self) -> None:
         import concurrent.futures
@@ -198,6 +238,9 @@ class Child:
             self.step("items", items)
             self.step("latency", lambda: self.latency(lambda f, x: ex.submit(f, x).result()))
             self.step("array", lambda: self.array(lambda f, a: ex.submit(f, a).result()))
+            if self.p["big_array_mib"]:
+                self.step("big_array", lambda: self.array(lambda f, a: ex.submit(f, a).result(),
+                                                          self.p["big_array_mib"], 2))
 
     def run_dask(self) -> None:
         import logging
@@ -221,6 +264,19 @@ class Child:
             self.step("tasks", lambda: self.tasks(run_map))
             self.step("latency", lambda: self.latency(lambda f, x: client.submit(f, x, pure=False).result()))
             self.step("array", lambda: self.array(lambda f, a: client.submit(f, a, pure=False).result()))
+            if self.p["big_array_mib"]:
+                self.step("big_array", lambda: self.array(lambda f, a: client.submit(f, a, pure=False).result(),
+                                                          self.p["big_array_mib"], 2))
+
+            def sweep(data: Any) -> list:
+                scattered = client.scatter(data, broadcast=True)  # to every worker, once
+                try:
+                    return client.gather(client.map(slice_sum, [scattered] * SWEEP_TASKS, range(SWEEP_TASKS),
+                                                    pure=False))
+                finally:
+                    client.cancel(scattered)
+
+            self.step("sweep", lambda: self.sweep(sweep))
 
     def run_ipyparallel(self) -> None:
         import logging
@@ -428,36 +484,54 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, dict]], n
         ("3. submit->result latency p50", "latency", "p50", ms),
         ("   submit->result latency p99", "latency", "p99", ms),
         (f"4. {args.array_mib} MiB float64 array round trip", "array", "value", lambda v: f"{v:,.0f} MB/s"),
+        (f"5. {args.big_array_mib:,} MiB float64 array round trip", "big_array", "value",
+         lambda v: f"{v:,.0f} MB/s"),
+        (f"6. sweep: {SWEEP_TASKS} tasks reading a {args.sweep_mb} MB array", "sweep", "value",
+         lambda v: f"{v:.2f} s"),
     ]
+    if not args.big_array_mib:
+        rows = [row for row in rows if row[1] != "big_array"]
     fws = [fw for fw in FRAMEWORKS if fw in args.only]
     width = max(len(r[0]) for r in rows) + 2
     header = "".join(f"{TITLES[fw]:>14}" for fw in fws)
     print()
-    print(f"{'':<{width}}{header}   gearnb target")
-    print("-" * (width + 14 * len(fws) + 26))
-    ppe_items = get("ppe", "items")
-    targets: dict[str, tuple[str, Callable[[], bool | None]]] = {
-        "tasks": (">= 5,000/s", lambda: None if get("gearnb", "tasks") is None else get("gearnb", "tasks") >= 5000),
-        "items": (">= ProcessPool", lambda: None if get("gearnb", "items") is None or ppe_items is None
-                  else get("gearnb", "items") >= ppe_items),
-        "p50": ("<= 1 ms", lambda: None if get("gearnb", "latency", "p50") is None
-                else get("gearnb", "latency", "p50") <= 1.0),
-        "array": (">= 300 MB/s", lambda: None if get("gearnb", "array") is None else get("gearnb", "array") >= 300),
-    }
-    all_ok = True
+    print(f"{'':<{width}}{header}")
+    print("-" * (width + 14 * len(fws)))
     for label, step, field, render in rows:
-        line = f"{label:<{width}}" + "".join(f"{cell(fw, step, field, render):>14}" for fw in fws)
-        key = field if field == "p50" else step
-        if key in targets and field != "p99" and "gearnb" in fws:
-            text, ok = targets[key][0], targets[key][1]()
-            verdict = "?" if ok is None else ("PASS" if ok else "MISS")
-            all_ok = all_ok and ok is not False
-            line += f"   {text:<15}{verdict}"
-        print(line)
+        print(f"{label:<{width}}" + "".join(f"{cell(fw, step, field, render):>14}" for fw in fws))
+
+    def cpu_per(fw: str, step: str) -> float | None:
+        r = results.get(fw, {}).get(step)
+        return None if r is None or "error" in r or not r.get("units") else r["cpu_s"] / r["units"]
+
+    # The targets of issue 11: (what, gearnb's figure, the peer's, the ratio, ">=" / "<=" / "<")
+    targets = [
+        ("tasks/s, chunksize=1 >= 1.5x ProcessPool", get("gearnb", "tasks"), get("ppe", "tasks"), 1.5, ">="),
+        ("CPU per task (1.) below ProcessPool's", cpu_per("gearnb", "tasks"), cpu_per("ppe", "tasks"), 1.0, "<"),
+        ("items/s, chunksize=auto >= 1.2x ProcessPool", get("gearnb", "items"), get("ppe", "items"), 1.2, ">="),
+        ("submit->result p50 <= 1.2x ProcessPool", get("gearnb", "latency", "p50"), get("ppe", "latency", "p50"),
+         1.2, "<="),
+        (f"{args.array_mib} MiB round trip >= 2x dask's MB/s", get("gearnb", "array"), get("dask", "array"), 2.0, ">="),
+        (f"sweep ({args.sweep_mb} MB captured) at least as fast as dask with scatter", get("gearnb", "sweep"),
+         get("dask", "sweep"), 1.0, "<="),
+    ]
+    print()
+    print(f"{'target (issue 11)':<60}{'gearnb / peer':>16}   verdict")
+    print("-" * 88)
+    all_ok = True
+    for text, mine, peer, need, compare in targets:
+        if mine is None or peer is None or not peer:
+            print(f"{text:<60}{'-':>16}   ?")
+            continue
+        ratio = mine / peer
+        ok = {">=": ratio >= need, "<=": ratio <= need, "<": ratio < need}[compare]
+        all_ok = all_ok and ok
+        print(f"{text:<60}{ratio:>15.2f}x   {'PASS' if ok else 'MISS'}")
     print()
     print(f"{'CPU time, all processes of each framework':<{width}}" + "".join(f"{TITLES[fw]:>14}" for fw in fws))
     for label, step, unit in [("   per task (1.)", "tasks", "us"), ("   per item (2.)", "items", "us"),
-                              ("   per round trip (3.)", "latency", "us"), ("   per round trip (4.)", "array", "ms")]:
+                              ("   per round trip (3.)", "latency", "us"), ("   per round trip (4.)", "array", "ms"),
+                              ("   per round trip (5.)", "big_array", "ms"), ("   per task (6.)", "sweep", "ms")]:
         cells = []
         for fw in fws:
             r = results.get(fw, {}).get(step)
@@ -475,9 +549,14 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, dict]], n
     print(f"  latency: {args.latency:,} one-at-a-time round trips after 50 warm-up calls.")
     print(f"  array: MB/s = 2 x {args.array_mib} MiB (argument there + result back) / median round trip "
           f"of {args.array_rounds} (after one warm-up), MB = 10^6 bytes; ipyparallel: apply_sync.")
+    if args.big_array_mib:
+        print(f"  5.: the same with {args.big_array_mib:,} MiB, median of 2 after one warm-up.")
+    print(f"  6.: the best of {args.repeat} sweeps, each sending the dataset again: gearnb captures it in the mapped")
+    print("  function (gmap, chunksize=1), dask scatters it to every worker (broadcast=True) and maps over the")
+    print(f"  future; each task sums its 1/{SWEEP_TASKS} slice. Ratios: gearnb's figure over the peer's.")
     print("  n/a: not measured for that framework (items/s is compared with ProcessPool only).")
     print("  CPU time: user + system of the framework's processes (client, scheduler or server, workers)")
-    print("  over the whole measurement, warm-up included for 4.; it moves much less than wall time")
+    print("  over the whole measurement, warm-up included for 4. and 5.; it moves much less than wall time")
     print(f"  when other programs load the machine (highest 1-minute load average seen: {max(loads, default=0):.1f}).")
     for fw in fws:
         if notes.get(fw):
@@ -485,7 +564,7 @@ def print_table(args: argparse.Namespace, results: dict[str, dict[str, dict]], n
     return all_ok
 
 
-SKIPPED = {"dask": ("items",), "ipyparallel": ("items",)}
+SKIPPED = {"dask": ("items",), "ipyparallel": ("items", "big_array", "sweep"), "ppe": ("sweep",)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -501,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--array-mib", type=int, help="array size in MiB (default 64)")
     parser.add_argument("--array-rounds", type=int, help="array round trips (default 5)")
     parser.add_argument("--repeat", type=int, help="throughput runs, best taken (default 3)")
+    parser.add_argument("--big-array-mib", type=int, help="the large round trip in MiB, 0: none (default 1024)")
+    parser.add_argument("--sweep-mb", type=int, help="the sweep's captured dataset in MB (default 200)")
     parser.add_argument("--step-timeout", type=float, default=180, help="limit per measurement, s (default 180)")
     parser.add_argument("--framework-timeout", type=float, default=600,
                         help="limit per framework, s (default 600)")
@@ -515,7 +596,8 @@ def main(argv: list[str] | None = None) -> int:
 
     quick = args.quick
     defaults = {"tasks": (10000, 2000), "items": (1_000_000, 200_000), "latency": (1000, 200),
-                "array_mib": (64, 16), "array_rounds": (5, 3), "repeat": (3, 1)}
+                "array_mib": (64, 16), "array_rounds": (5, 3), "repeat": (3, 1), "big_array_mib": (1024, 0),
+                "sweep_mb": (200, 50)}
     for name, (full, small) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, small if quick else full)

@@ -42,6 +42,18 @@ def kind(request) -> str:
 
 
 @pytest.fixture
+def kernel():
+    """A real Jupyter kernel (tests/kernels.py), shut down after the test."""
+    from kernels import Kernel
+
+    k = Kernel()
+    try:
+        yield k
+    finally:
+        k.close()
+
+
+@pytest.fixture
 def connect():
     """``connect(address)`` opens a RawConnection that is closed after the test."""
     conns: list[RawConnection] = []

@@ -197,17 +197,6 @@ def test_killing_a_worker_leaves_no_task_process_behind(gearnb_address):
         wait_until(lambda: not os.path.exists(f"/proc/{task}"), timeout=10)
 
 
-@pytest.fixture
-def kernel():
-    from kernels import Kernel
-
-    k = Kernel()
-    try:
-        yield k
-    finally:
-        k.close()
-
-
 def test_jupyter_interrupt_stops_the_map_and_leaves_the_cluster_usable(kernel):
     """Kernel > Interrupt, as the UI does it: jupyter_client signals the kernel's whole
     process group. The local cluster runs in sessions of its own, so only the kernel gets it."""

@@ -11,10 +11,7 @@ import os
 import re
 from typing import Any
 
-import pytest
-
 import gearnb
-from kernels import Kernel
 
 COUNTS = re.compile(r"^(\d+)/(\d+) done · (\d+) running · (\d+) queued")
 CPUS = os.cpu_count() or 1  # the local cluster's default worker count, in the kernel too
@@ -46,15 +43,6 @@ def panel_parts(history: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     texts = [re.sub("<[^>]+>", "", s["value"]) for s in history[info]]
     return {"texts": [t for i, t in enumerate(texts) if t and (i == 0 or t != texts[i - 1])],
             "bar": [s["value"] for s in history[bar]], "children": children, "history": history}
-
-
-@pytest.fixture
-def kernel():
-    k = Kernel()
-    try:
-        yield k
-    finally:
-        k.close()
 
 
 def test_the_panel_says_the_cluster_is_starting_then_counts_items(kernel):

@@ -79,7 +79,7 @@ def test_other_arguments_travel_as_pickles_with_oob_buffers():
     array = np.arange(1000, dtype=np.float64)
     body = envelope.encode_call(envelope.FunctionBlob(abs), [((array, (1, 2)), {})], with_code=False, chunk=False)
     msg = msgpack.unpackb(body, raw=False)
-    assert msg["af"] == envelope.PICKLED and len(msg["ab"]) == 1 and len(msg["ab"][0]) == 8000
+    assert msg["af"] == envelope.PICKLED and len(msg["zb"]) == 1 and len(msg["zb"][0]) == 8000
     (args, kwargs), = envelope.call_arguments(envelope.decode_call(body))
     assert np.array_equal(args[0], array) and args[1] == (1, 2)
 

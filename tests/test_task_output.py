@@ -16,7 +16,6 @@ import gearnb
 from gearnb.pyexec import envelope, taskio
 from gearnb.pyexec.runner import PyexecRunner
 from gearnb.pyexec.signing import Signer
-from kernels import Kernel
 
 KEY = b"o" * 32
 TAG = re.compile(r"^\[(\w+) #(\d+)\] (.*)$")
@@ -173,42 +172,38 @@ LINES_PER_ITEM = 10
 ITEMS = 1000  # 10,000 lines
 
 
-def test_ten_thousand_lines_reach_a_kernel_cell_in_few_messages_tagged_and_together():
-    kernel = Kernel()
-    try:
-        kernel.run("import gearnb\nwith gearnb.local(workers=2) as warm: pass")  # imports, off the clock
-        msg_id = kernel.start(f"""
-            import time
-            import gearnb
-            def chatty(x):
-                for j in range({LINES_PER_ITEM}):
-                    print(f"line {{j}} of item {{x}}")
-                time.sleep(0.002)  # the map lasts about a second: output comes over time
-                return x
-            with gearnb.local(workers=2) as ex:
-                assert ex.gmap(chatty, range({ITEMS}), progress=False) == list(range({ITEMS}))
-        """)
-        messages = kernel.finish(msg_id, timeout=120)
-        errors = [m["content"] for m in messages if m["msg_type"] == "error"]
-        assert not errors, errors
-        streams = [m for m in messages if m["msg_type"] == "stream"]
-        assert {m["parent_header"]["msg_id"] for m in streams} == {msg_id}
-        lines = "".join(m["content"]["text"] for m in streams if m["content"]["name"] == "stdout").splitlines()
-        assert len(lines) == ITEMS * LINES_PER_ITEM
-        position: dict[int, list[int]] = {}
-        for i, line in enumerate(lines):
-            label, item, text = TAG.match(line).groups()
-            assert label == "chatty" and text.endswith(f"of item {item}"), line
-            position.setdefault(int(item), []).append(i)
-        assert sorted(position) == list(range(ITEMS))
-        # The lines of one item are together, in order.
-        for item, where in position.items():
-            assert where == list(range(where[0], where[0] + LINES_PER_ITEM)), (item, where)
-            assert [lines[i] for i in where] == [f"[chatty #{item}] line {j} of item {item}"
-                                                  for j in range(LINES_PER_ITEM)]
-        # Few messages: ipykernel sends a cell's output every 0.2 s; before batching this was
-        # one message per line (10,000).
-        print(f"{len(lines)} lines in {len(streams)} stream messages")
-        assert len(streams) <= 100, len(streams)
-    finally:
-        kernel.close()
+def test_ten_thousand_lines_reach_a_kernel_cell_in_few_messages_tagged_and_together(kernel):
+    kernel.run("import gearnb\nwith gearnb.local(workers=2) as warm: pass")  # imports, off the clock
+    msg_id = kernel.start(f"""
+        import time
+        import gearnb
+        def chatty(x):
+            for j in range({LINES_PER_ITEM}):
+                print(f"line {{j}} of item {{x}}")
+            time.sleep(0.002)  # the map lasts about a second: output comes over time
+            return x
+        with gearnb.local(workers=2) as ex:
+            assert ex.gmap(chatty, range({ITEMS}), progress=False) == list(range({ITEMS}))
+    """)
+    messages = kernel.finish(msg_id, timeout=120)
+    errors = [m["content"] for m in messages if m["msg_type"] == "error"]
+    assert not errors, errors
+    streams = [m for m in messages if m["msg_type"] == "stream"]
+    assert {m["parent_header"]["msg_id"] for m in streams} == {msg_id}
+    lines = "".join(m["content"]["text"] for m in streams if m["content"]["name"] == "stdout").splitlines()
+    assert len(lines) == ITEMS * LINES_PER_ITEM
+    position: dict[int, list[int]] = {}
+    for i, line in enumerate(lines):
+        label, item, text = TAG.match(line).groups()
+        assert label == "chatty" and text.endswith(f"of item {item}"), line
+        position.setdefault(int(item), []).append(i)
+    assert sorted(position) == list(range(ITEMS))
+    # The lines of one item are together, in order.
+    for item, where in position.items():
+        assert where == list(range(where[0], where[0] + LINES_PER_ITEM)), (item, where)
+        assert [lines[i] for i in where] == [f"[chatty #{item}] line {j} of item {item}"
+                                              for j in range(LINES_PER_ITEM)]
+    # Few messages: ipykernel sends a cell's output every 0.2 s; before batching this was
+    # one message per line (10,000).
+    print(f"{len(lines)} lines in {len(streams)} stream messages")
+    assert len(streams) <= 100, len(streams)

@@ -4,21 +4,8 @@ the ipykernel installed here (7.x: its threads and comms changed, ipywidgets#400
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import pytest
-
-from kernels import Kernel
-
-
-@pytest.fixture
-def kernel():
-    k = Kernel()
-    try:
-        yield k
-    finally:
-        k.close()
 
 
 def test_cluster_view_moves_while_a_cell_waits(kernel):

@@ -21,16 +21,18 @@ from ..client.task import JobHandle
 from ..errors import JobFailed, ServerError
 from ..pyexec import envelope
 from ..pyexec.control import stop_jobs
+from ..pyexec.sharing import ValueStore, value_store
 from ..pyexec.keys import NO_KEY_HELP
 from ..pyexec.runner import TIMING
 from ..pyexec.signing import CallId, RefusedPayload, Signer, worker_refusal
 from ..pyexec.taskio import DEFAULT_OUTPUT_LIMIT
+from ..worker_text import shown
 
 if TYPE_CHECKING:
     import contextvars
 
     from ..client import Client
-    from ..pyexec.envelope import FunctionBlob
+    from ..pyexec.envelope import FunctionBlob, Sharer
     from .runs import Chunk
 
 log = logging.getLogger("gearnb.executor")
@@ -53,6 +55,15 @@ class PyexecCalls:
         self.show_output = show_output
         self.output_limit = output_limit  # characters of output shown per task (taskio)
         self.ssl = ssl  # for the admin connections of cancel()
+        self._store: ValueStore | None | bool = False  # False: not looked up yet
+
+    @property
+    def store(self) -> ValueStore | None:
+        """This process's value store (large values through shared memory), None where there
+        is none; started with the first job."""
+        if self._store is False:
+            self._store = value_store()
+        return self._store  # type: ignore[return-value]
 
     @property
     def signer(self) -> Signer:
@@ -62,18 +73,24 @@ class PyexecCalls:
 
     # -- out ------------------------------------------------------------------------------
     def job(self, blob: FunctionBlob, chunk: Chunk, with_code: bool, priority: str,
-            listener: Callable[[Submission, int, Any], None], options: dict[str, Any] | None = None) -> Submission:
+            listener: Callable[[Submission, int, Any], None], sharer: Sharer | None = None,
+            options: dict[str, Any] | None = None) -> Submission:
         """The signed pyexec job of ``chunk``'s calls: a map chunk's argument columns, or one
-        call with keyword arguments; ``options`` tell the worker how to run them."""
+        call with keyword arguments. ``sharer``: takes large buffers out of the job;
+        ``options``: how the worker runs the calls (taskio's output limit)."""
+        store = self.store
+        address = None if store is None else store.address
         if chunk.kwargs is None:
-            parts = envelope.encode_map_chunk(blob, chunk.columns, with_code=with_code, options=options)
+            parts = envelope.encode_map_chunk(blob, chunk.columns, with_code, sharer, address, options)
         else:
             args = tuple(column[0] for column in chunk.columns)
-            parts = envelope.encode_call_parts(blob, [(args, chunk.kwargs)], with_code=with_code, chunk=False,
-                                               options=options)
+            parts = envelope.encode_call_parts(blob, [(args, chunk.kwargs)], with_code, False, sharer, address,
+                                               options)
         # A new call (nonce) each time it is sent: a retry, a resend with the code or after a
         # worker said it did not run it (envelope.SignAgain) counts ``after`` the last one.
         payload, chunk.call = self.signer.sign_call(self.function, parts, after=chunk.call)
+        if store is not None:
+            store.expect(chunk.call.nonce)  # its worker may deliver a large result to the store
         return Submission(self.function, payload, priority=priority, listener=listener)
 
     def submit(self, jobs: list[Submission]) -> None:
@@ -93,13 +110,20 @@ class PyexecCalls:
         else:
             raise JobFailed("the job failed on the job server (WORK_FAIL): its worker died more times than "
                             "the server's --job-retries allows, or it was cancelled")
+        store = self.store
         try:
-            body = self.signer.verify_result(self.function, payload, call)  # only the answer to this call
-        except RefusedPayload as refused:
-            raise (refused if sub.successful else worker_refusal(payload, refused)) from None
-        msg = envelope.decode_result(body)
+            try:
+                body = self.signer.verify_result(self.function, payload, call)  # only the answer to this call
+            except RefusedPayload as refused:
+                raise (refused if sub.successful else worker_refusal(payload, refused)) from None
+            msg = envelope.decode_result(body, None if store is None else lambda ref: store.take(ref, call.nonce))
+        finally:
+            if store is not None:
+                store.forget(call.nonce)  # what the worker delivered and this answer does not name
         if msg.get("need_code"):
             raise envelope.NeedCode()
+        if "need_inline" in msg:
+            raise envelope.NeedInline(shown(str(msg["need_inline"]).encode()))
         envelope.raise_if_not_run(msg, call)  # SignAgain: Run.settle sends it again, as for NeedCode
         if "fail" in msg:
             raise envelope.rebuild_error(msg["fail"])

@@ -336,7 +336,8 @@ class MapRun(Run):
                 # Queued jobs are dropped, running ones stopped: nothing of this map keeps a worker.
                 self.calls.cancel([c.sub for c in self.in_flight.values() if c.sub is not None],
                                   stop_running=True)
-                self.in_flight.clear()
+            self.release_shared(list(self.in_flight.values()) + self.backlog)
+            self.in_flight.clear()
             self.flush_output()
             if isinstance(self.progress, ProgressTracker):
                 self.progress.close(self.stopped)

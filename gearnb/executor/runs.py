@@ -33,6 +33,7 @@ from ..client.submission import EV_DATA, EV_END, EV_STATUS, EV_WARNING, Submissi
 from ..errors import ServerError, WorkerDied
 from ..pyexec import envelope, taskio
 from ..pyexec.runner import HOST, task_cluster
+from ..pyexec.sharing import RunShares
 from ..pyexec.signing import RefusedPayload
 from ..visual.stream import TaskRecord, TaskStream
 from ..worker_text import shown
@@ -66,8 +67,8 @@ class Chunk:
     a retry), their positional arguments as ``columns`` (one list per argument position) and,
     for a single ``submit()`` call, its keyword arguments (``kwargs``; None for a map)."""
 
-    __slots__ = ("run", "indices", "columns", "kwargs", "attempts", "crashes", "sub", "with_code", "call", "sent_at",
-                 "local")
+    __slots__ = ("run", "indices", "columns", "kwargs", "attempts", "crashes", "sub", "with_code", "call",
+                 "inline", "tokens", "sent_at", "local")
 
     def __init__(self, run: Run, indices: Sequence[int], columns: list[list[Any]],
                  kwargs: dict[str, Any] | None = None) -> None:
@@ -80,6 +81,8 @@ class Chunk:
         self.sub: Submission | None = None
         self.with_code = False
         self.call = None  # the CallId of its latest job: only that call's result is accepted
+        self.inline = False  # its worker could not reach shared memory: buffers go in the job
+        self.tokens: list[bytes] = []  # the shared values its job carries (pyexec/sharing.py)
         self.sent_at = 0.0  # time.time() when its latest job was sent
         self.local: tuple[list[Any], dict[int, BaseException], list[Any]] | None = None  # run here: see Run.help
 
@@ -165,18 +168,41 @@ class Run:
         # The function's code goes with the first chunks, enough for each worker to see it
         # once (a worker without it answers "need code" and the chunk makes a second trip);
         # small code always goes along, which costs less than that trip.
-        self.code_sends_left = (1 << 62) if len(self.blob.code) <= SMALL_CODE else code_sends
+        self.code_sends_left = (1 << 62) if self.blob.size <= SMALL_CODE else code_sends
+        # Large values this run shares through memory with workers on this host, each once
+        # (pyexec/sharing.py): held while a chunk in flight carries them, the function's
+        # captured arrays until the run ends (release_shared).
+        store = calls.store
+        self.shares = None if store is None else RunShares(store)
+        self._release_after_send: list[bytes] = []
 
     def send(self, chunks: list[Chunk]) -> None:
         """Encode, sign and submit ``chunks`` (in one hand-over to the I/O thread)."""
         jobs = []
         now = time.time()
+        shares = self.shares
         for chunk in chunks:
             with_code = chunk.with_code or self.code_sends_left > 0
             self.code_sends_left -= 1
-            chunk.sub = self.calls.job(self.blob, chunk, with_code, self.priority, chunk.event, self.options)
+            sharer = None if shares is None or chunk.inline else shares.for_chunk()
+            carried = chunk.tokens
+            try:
+                chunk.sub = self.calls.job(self.blob, chunk, with_code, self.priority, chunk.event, sharer,
+                                           self.options)
+            except BaseException:  # an argument that does not pickle: the run ends here
+                if shares is not None:
+                    shares.close()
+                raise
             chunk.sent_at = now
             jobs.append(chunk.sub)
+            chunk.tokens = [] if sharer is None else sharer.tokens
+            if sharer is not None:
+                shares.carried(sharer.tokens)  # type: ignore[union-attr]
+            if carried and shares is not None:  # the same chunk sent again: what it carried before
+                shares.settled(carried)
+        if self._release_after_send and shares is not None:
+            shares.settled(self._release_after_send)  # a settled chunk's, once its retries carry them
+            self._release_after_send = []
         self.calls.submit(jobs)
 
     def chunk_ended(self, chunk: Chunk) -> None:  # on the I/O thread
@@ -213,6 +239,30 @@ class Run:
     # -- outcomes ----------------------------------------------------------------------------
     def settle(self, chunk: Chunk) -> Settled:
         """Decode an ended chunk; say what is settled and what must be sent again."""
+        settled = self._decide(chunk)
+        if chunk.tokens and self.shares is not None and not settled.backlog \
+                and not any(again is chunk for again in settled.resend):
+            # Its shared values are free once no chunk in flight carries them; retries (new
+            # chunks, sent next) carry the same objects, so those wait for that send.
+            if settled.resend:
+                self._release_after_send.extend(chunk.tokens)
+            else:
+                self.shares.settled(chunk.tokens)
+            chunk.tokens = []
+        return settled
+
+    def release_shared(self, chunks: list[Chunk]) -> None:
+        """The run ended (or gave up on ``chunks``): results they may still deliver are closed,
+        and every value the run shared is released (its workers drop their mappings)."""
+        store = self.calls.store
+        if store is not None:
+            for chunk in chunks:
+                if chunk.call is not None:
+                    store.forget(chunk.call.nonce)
+        if self.shares is not None:
+            self.shares.close()
+
+    def _decide(self, chunk: Chunk) -> Settled:
         sub = chunk.sub
         try:
             if chunk.local is not None:  # taken back from the job server and run here
@@ -220,6 +270,9 @@ class Run:
             else:
                 assert sub is not None
                 values, errors, timing = self.calls.outcome(sub, chunk.call)
+        except envelope.NeedInline:
+            chunk.inline = True
+            return Settled([], [chunk])
         except envelope.NeedCode:
             chunk.with_code = True
             return Settled([], [chunk])
@@ -333,6 +386,7 @@ class CallRun(Run):
                          output_limit=output_limit)
         self.future = future
         self.chunk = Chunk(self, range(1), [[arg] for arg in args], kwargs)
+        future.add_done_callback(lambda _: self.release_shared([self.chunk]))
         # cancel() and the I/O thread meet here: an end that arrives while a cancel is being
         # tried waits for its answer (a cancelled job's WORK_FAIL must not fail the future).
         self._lock = threading.Lock()

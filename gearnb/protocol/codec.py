@@ -7,7 +7,7 @@ read into a :class:`Decoder` and write whatever :func:`encode` returns.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any
 
 from ..buffers import BufferList, join_bytes, new_bytes
 from .packets import (
@@ -22,6 +22,10 @@ from .packets import (
     Packet,
     PacketType,
 )
+
+# The default table of a Decoder: every packet type -> (its argument count, itself).
+TYPES: dict[int, tuple[int, Any]] = {ptype: (count, ptype) for ptype, count in ARG_COUNT.items()}
+TYPES[ADMIN_LINE] = (0, ADMIN_LINE)
 
 _pack_header = HEADER.pack
 _unpack_header = HEADER.unpack_from
@@ -166,10 +170,13 @@ class Decoder:
     objects (``args`` a sequence of bytes; an admin line is ``(ADMIN_LINE, text)``): the form
     for code that reads every packet of a busy connection (the job server, the client, the
     worker), where making a namedtuple per packet costs more than deciding what to do with it.
+    A raw decoder may also be given a ``table``: packet type (and ADMIN_LINE) -> (argument
+    count, what to hand out in place of the type), such as the handler of each type - the
+    job server's dispatch, done with the one lookup the decoder makes per packet anyway.
     """
 
     __slots__ = ("_buf", "expect", "allow_text", "max_packet_size", "_failed", "_big", "_scratch",
-                 "_into_big", "raw")
+                 "_into_big", "raw", "_table")
 
     def __init__(
         self,
@@ -179,10 +186,14 @@ class Decoder:
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         read_buffer: memoryview | None = None,
         raw: bool = False,
+        table: dict[int, tuple[int, Any]] | None = None,
     ) -> None:
         if expect not in (REQ, RES):
             raise ValueError("expect must be REQ or RES")
+        if table is not None and not raw:
+            raise ValueError("a table is for a raw decoder")
         self.raw = raw
+        self._table = TYPES if table is None else table
         self._buf = bytearray()
         self.expect = expect
         self.allow_text = allow_text
@@ -224,7 +235,7 @@ class Decoder:
         append = out.append
         expect = self.expect
         max_size = self.max_packet_size
-        arg_count = ARG_COUNT
+        table = self._table
         copy = src is buf  # bodies sliced from the bytearray must become bytes
         pos = 0
         n = len(src)
@@ -242,7 +253,7 @@ class Decoder:
                     pos = end + 1
                     if line.endswith(b"\r"):
                         line = line[:-1]
-                    append((ADMIN_LINE, line.decode("utf-8", "replace")))
+                    append((table[ADMIN_LINE][1], line.decode("utf-8", "replace")))
                     continue
                 if n - pos < HEADER_SIZE:
                     # Check what we have of the magic early: garbage is refused before
@@ -253,9 +264,10 @@ class Decoder:
                 magic, ptype, size = _unpack_header(src, pos)
                 if magic != expect:
                     raise ProtocolError(f"bad magic {magic!r}", "INVALID_MAGIC")
-                count = arg_count.get(ptype)
-                if count is None:
+                entry = table.get(ptype)
+                if entry is None:
                     raise ProtocolError(f"unknown packet type {ptype}", "INVALID_COMMAND")
+                count, target = entry
                 if size > max_size:
                     raise ProtocolError(
                         f"packet of {size} bytes exceeds the maximum of {max_size}",
@@ -283,7 +295,7 @@ class Decoder:
                     args = body.split(b"\0", count - 1)
                     if len(args) != count:
                         split_args(ptype, body)  # raises
-                append((ptype, args))
+                append((target, args))
         except ProtocolError:
             self._failed = True
             buf.clear()
@@ -351,7 +363,7 @@ class Decoder:
             self._failed = True
             self._buf.clear()
             raise
-        packet = (big.ptype, args) if self.raw else _new_tuple(Packet, (self.expect, big.ptype, args))
+        packet = (self._table[big.ptype][1], args) if self.raw else _new_tuple(Packet, (self.expect, big.ptype, args))
         if len(data) == need:
             return [packet]
         return [packet, *self.feed(data[need:])]

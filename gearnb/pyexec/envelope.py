@@ -6,10 +6,17 @@ Arguments and results travel as msgpack when they are plain data (None, bool, in
 str, bytes, lists, dicts) and as cloudpickle otherwise; out-of-band pickle protocol 5
 buffers (numpy arrays) are carried next to the pickle, not copied into it.
 
-Large out-of-band buffers (``FRAME_MIN`` bytes and more) make a *framed* body: the byte 0xC1
-(which msgpack never uses), the length of the msgpack map, the map, then the buffers, raw,
-each aligned in the signed payload. They are copied once into the payload on the sending side
-and unpickled in place, from the received payload, on the other.
+Each out-of-band buffer is described in ``"zb"`` and travels one of three ways:
+
+* small ones inside the msgpack map;
+* when they add up to ``FRAME_MIN`` bytes or more, *framed*: the body is the byte 0xC1 (which
+  msgpack never uses), the length of the msgpack map, the map, then the buffers, raw, each
+  aligned in the signed payload; copied once into the payload, unpickled in place from it;
+* from ``SHARE_MIN`` bytes, between processes of one host, *shared* (:mod:`.sharing`): a
+  reference ``[token, size]`` in the map, the bytes in a sealed memfd mapped by the other side.
+  A worker that cannot reach them answers :class:`NeedInline` and the caller sends them framed.
+
+A function's own out-of-band buffers (arrays it captures) come first (``"fn"`` of them).
 
 The calls of a map chunk travel as columns (``"c"``: one list per argument position), so a
 chunk of plain items is one msgpack list of them.
@@ -18,21 +25,25 @@ chunk of plain items is one msgpack list of them.
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import struct
 import sys
 import traceback
-from typing import Any, Union
+from typing import Any, Callable, Protocol, Union
 
 import cloudpickle
 import msgpack
 
 from ..worker_text import neutralise
+from .sharing import SHARE_MIN, SharedUnavailable
 from .signing import MAX_SIGN_AGAIN, PREFIX_SIZE, CallId, RefusedPayload
 
-# 2: map chunks as argument columns ("c"), large out-of-band buffers framed (0xC1). A worker
-# of format 1 answers a format-2 call with a VersionMismatch that says to upgrade both sides.
-FORMAT_VERSION = 2
+# 2: map chunks as argument columns ("c"), large out-of-band buffers framed (0xC1). 3: every
+# out-of-band buffer described in "zb" (in the map, framed, or shared through memory), a
+# function's own buffers first. A worker of an older format answers a newer call with a
+# VersionMismatch that says to upgrade both sides.
+FORMAT_VERSION = 3
 PYTHON_VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
 CLOUDPICKLE_VERSION = cloudpickle.__version__
 
@@ -55,6 +66,11 @@ class VersionMismatch(RuntimeError):
 
 class NeedCode(Exception):
     """The worker does not have the function cached: send the call again with its code."""
+
+
+class NeedInline(Exception):
+    """The worker cannot reach the caller's shared memory (another host, another user): send
+    the call again with every buffer in the job."""
 
 
 class SignAgain(NeedCode):
@@ -91,38 +107,68 @@ def _unpack(data: bytes | memoryview) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
-def pack_parts(msg: dict[str, Any], field: str, value: Any) -> list[Part]:
-    """Pack ``msg`` with ``value`` in ``field``: as plain msgpack when it is plain data, else
-    as a cloudpickle (with out-of-band protocol 5 buffers kept beside it, not copied into it).
-    The plain case - the common one - packs once. Returns the body as parts to be joined
-    (by :meth:`Signer.sign_parts`): one part, or the frame of large buffers and the buffers."""
-    msg[field] = value
-    try:
-        return [_pack(msg)]
-    except (TypeError, OverflowError, ValueError):
-        pass
-    buffers: list[pickle.PickleBuffer] = []
-    msg[field] = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    msg[field + "f"] = PICKLED
-    if not buffers:
-        return [_pack(msg)]
-    raws = [b.raw() for b in buffers]
-    if sum(raw.nbytes for raw in raws) < FRAME_MIN:
-        msg[field + "b"] = raws
-        return [_pack(msg)]
-    msg["zf"] = field
-    msg["zb"] = [raw.nbytes for raw in raws]
+class Sharer(Protocol):
+    """Who takes a large buffer out of a message (:mod:`.sharing`): its reference, or None to
+    send it in the job."""
+
+    def share(self, raw: memoryview, pin: bool = False) -> list[Any] | None: ...
+
+
+def _pack_buffers(msg: dict[str, Any], buffers: list[memoryview], sharer: Sharer | None,
+                  pinned: int = 0) -> list[Part]:
+    """Pack ``msg`` with its out-of-band ``buffers`` described in ``"zb"``, one entry each:
+    bytes (small, in the map), an int (its size: framed after the map) or ``[token, size]``
+    (shared, :mod:`.sharing`). The first ``pinned`` buffers (a function's) are shared for the
+    whole run. Returns the body as parts to be joined (by :meth:`Signer.sign_parts`)."""
+    descs: list[Any] = [None] * len(buffers)
+    rest = []
+    for i, raw in enumerate(buffers):
+        ref = sharer.share(raw, i < pinned) if sharer is not None and raw.nbytes >= SHARE_MIN else None
+        if ref is None:
+            rest.append(i)
+        else:
+            descs[i] = ref
+    framed = sum(buffers[i].nbytes for i in rest) >= FRAME_MIN
+    for i in rest:
+        descs[i] = buffers[i].nbytes if framed else buffers[i]
+    msg["zb"] = descs
     head = _pack(msg)
+    if not framed:
+        return [head]
     parts: list[Part] = [_FRAME.pack(FRAME_MARKER, len(head)), head]
     pos = _FRAME.size + len(head)
-    for raw in raws:
+    for i in rest:
         pad = -(pos + _PAYLOAD_OFFSET) % FRAME_ALIGN
         if pad:
             parts.append(bytes(pad))
             pos += pad
-        parts.append(raw)
-        pos += raw.nbytes
+        parts.append(buffers[i])
+        pos += buffers[i].nbytes
     return parts
+
+
+def pack_parts(msg: dict[str, Any], field: str, value: Any, sharer: Sharer | None = None,
+               first: list[memoryview] | None = None) -> list[Part]:
+    """Pack ``msg`` with ``value`` in ``field``: as plain msgpack when it is plain data, else
+    as a cloudpickle (with out-of-band protocol 5 buffers kept beside it, not copied into it).
+    The plain case - the common one - packs once. ``first``: out-of-band buffers that come
+    before the value's (a function's, shared for the whole run). Returns the body as parts."""
+    msg[field] = value
+    buffers: list[memoryview] = list(first or ())
+    try:
+        plain: bytes | None = _pack(msg)
+    except (TypeError, OverflowError, ValueError):
+        plain = None
+    if plain is not None and not buffers:
+        return [plain]
+    if plain is None:
+        picklebuffers: list[pickle.PickleBuffer] = []
+        msg[field] = cloudpickle.dumps(value, protocol=5, buffer_callback=picklebuffers.append)
+        msg[field + "f"] = PICKLED
+        buffers += [b.raw() for b in picklebuffers]
+        if not buffers:
+            return [_pack(msg)]
+    return _pack_buffers(msg, buffers, sharer, len(first or ()))
 
 
 def pack_with(msg: dict[str, Any], field: str, value: Any) -> bytes:
@@ -132,60 +178,106 @@ def pack_with(msg: dict[str, Any], field: str, value: Any) -> bytes:
 
 
 def _unpack_body(body: bytes | memoryview) -> Any:
-    """A body as packed by :func:`pack_parts`; framed buffers become views of ``body``."""
+    """A body as packed by :func:`pack_parts`; framed buffers become views of ``body``.
+    Shared buffers stay references (``[token, size]``) until :func:`resolve_shared`."""
     if not body or body[0] != FRAME_MARKER:
-        return _unpack(body)
+        msg = _unpack(body)
+        if isinstance(msg, dict) and "zb" in msg and not isinstance(msg["zb"], list):
+            raise ValueError("a pyexec body with malformed buffers")
+        return msg
     view = memoryview(body)
     _, head_size = _FRAME.unpack_from(view)
     pos = _FRAME.size + head_size
     msg = _unpack(view[_FRAME.size:pos])
-    if not isinstance(msg, dict) or not isinstance(msg.get("zf"), str) or not isinstance(msg.get("zb"), list):
+    if not isinstance(msg, dict) or not isinstance(msg.get("zb"), list):
         raise ValueError("not a framed pyexec body")
-    views = []
-    for size in msg.pop("zb"):
+    descs = msg["zb"]
+    for i, size in enumerate(descs):
+        if not isinstance(size, int):
+            continue
         pos += -(pos + _PAYLOAD_OFFSET) % FRAME_ALIGN
-        if not isinstance(size, int) or size < 0 or pos + size > len(view):
+        if size < 0 or pos + size > len(view):
             raise ValueError("a framed pyexec body cut short")
-        views.append(view[pos:pos + size])
+        descs[i] = view[pos:pos + size]
         pos += size
-    msg[msg.pop("zf") + "b"] = views
     return msg
 
 
+def resolve_shared(msg: dict[str, Any], fetch: Callable[[Any], memoryview] | None) -> dict[int, bytes]:
+    """Replace the shared buffers of ``msg`` by their mappings (``fetch(ref)``; it raises
+    :class:`~gearnb.pyexec.sharing.SharedUnavailable`, as does a shared buffer without
+    ``fetch``); returns their tokens by position."""
+    descs = msg.get("zb")
+    tokens = {}
+    if descs:
+        for i, desc in enumerate(descs):
+            if isinstance(desc, list):
+                if fetch is None:
+                    raise SharedUnavailable("a shared value where none can be fetched")
+                descs[i] = fetch(desc)
+                tokens[i] = desc[0]
+    return tokens
+
+
 def load_value(msg: dict[str, Any], field: str) -> Any:
+    """The value in ``field``; its out-of-band buffers follow the function's (``"fn"`` of them)."""
     if msg.get(field + "f") == PICKLED:
-        return pickle.loads(msg[field], buffers=msg.get(field + "b", ()))
+        return pickle.loads(msg[field], buffers=msg.get("zb", ())[msg.get("fn", 0):])
     return msg[field]
 
 
-class FunctionBlob:
-    """A callable pickled once (per map), named by the digest of its pickle."""
+def load_function(msg: dict[str, Any]) -> Any:
+    """The function a call carries (``"fc"``), with its out-of-band buffers."""
+    return pickle.loads(msg["fc"], buffers=msg.get("zb", ())[:msg.get("fn", 0)])
 
-    __slots__ = ("fn", "code", "digest")
+
+class FunctionBlob:
+    """A callable pickled once (per map), named by a digest of its pickle. Arrays it captures
+    are out-of-band buffers (``buffers``), shared once for the run where they can be; a large
+    one makes the digest this blob's own (a worker caches the function per run, and drops it
+    when the run releases its buffers), small ones are hashed into it."""
+
+    __slots__ = ("fn", "code", "buffers", "digest", "size")
 
     def __init__(self, fn: Any) -> None:
         self.fn = fn
-        self.code = cloudpickle.dumps(fn, protocol=5)
-        self.digest = hashlib.sha256(self.code).digest()[:16]
+        picklebuffers: list[pickle.PickleBuffer] = []
+        self.code = cloudpickle.dumps(fn, protocol=5, buffer_callback=picklebuffers.append)
+        self.buffers = [b.raw() for b in picklebuffers]
+        digest = hashlib.sha256(self.code)
+        for raw in self.buffers:
+            digest.update(raw if raw.nbytes < SHARE_MIN else os.urandom(16))
+        self.digest = digest.digest()[:16]
+        self.size = len(self.code) + sum(raw.nbytes for raw in self.buffers)
 
 
-def _call_msg(blob: FunctionBlob, with_code: bool, chunk: bool, options: dict[str, Any] | None = None) -> dict[str, Any]:
+def _call_msg(blob: FunctionBlob, with_code: bool, chunk: bool, store: bytes | None,
+              options: dict[str, Any] | None = None) -> dict[str, Any]:
     msg: dict[str, Any] = {
         "v": FORMAT_VERSION, "py": PYTHON_VERSION, "cp": CLOUDPICKLE_VERSION, "fd": blob.digest,
         "ch": chunk,
     }
-    if with_code:
-        msg["fc"] = blob.code
+    if store is not None:
+        msg["sa"] = store  # the caller's value store (sharing.py): where large results may go
     if options:  # how to run the calls (plain data): {"ol": output limit}
         msg["o"] = options
+    if with_code:
+        msg["fc"] = blob.code
+        if blob.buffers:
+            msg["fn"] = len(blob.buffers)
     return msg
 
 
 def encode_call_parts(blob: FunctionBlob, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-                      with_code: bool, chunk: bool, options: dict[str, Any] | None = None) -> list[Part]:
-    """The body of a call, in parts: one ``(args, kwargs)`` or, with ``chunk``, several."""
-    return pack_parts(_call_msg(blob, with_code, chunk, options), "a",
-                      [[list(args), kwargs] for args, kwargs in calls])
+                      with_code: bool, chunk: bool, sharer: Sharer | None = None,
+                      store: bytes | None = None, options: dict[str, Any] | None = None) -> list[Part]:
+    """The body of a call, in parts: one ``(args, kwargs)`` or, with ``chunk``, several.
+    ``sharer``: takes large buffers out of the job (:mod:`.sharing`); ``store``: the caller's
+    value store address, where a worker may deliver a large result; ``options``: how the
+    worker runs the calls."""
+    return pack_parts(_call_msg(blob, with_code, chunk, store, options), "a",
+                      [[list(args), kwargs] for args, kwargs in calls], sharer,
+                      blob.buffers if with_code else None)
 
 
 def encode_call(blob: FunctionBlob, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
@@ -196,11 +288,13 @@ def encode_call(blob: FunctionBlob, calls: list[tuple[tuple[Any, ...], dict[str,
 
 
 def encode_map_chunk(blob: FunctionBlob, columns: list[list[Any]], with_code: bool,
+                     sharer: Sharer | None = None, store: bytes | None = None,
                      options: dict[str, Any] | None = None) -> list[Part]:
     """The body of a map chunk, in parts: call ``i`` is ``fn(columns[0][i], columns[1][i], ...)``
     (no keyword arguments). One msgpack list per argument position, built without a
     per-item list or dict."""
-    return pack_parts(_call_msg(blob, with_code, True, options), "c", columns)
+    return pack_parts(_call_msg(blob, with_code, True, store, options), "c", columns, sharer,
+                      blob.buffers if with_code else None)
 
 
 def decode_call(body: bytes | memoryview) -> dict[str, Any]:
@@ -303,14 +397,14 @@ def rebuild_error(record: dict[str, Any]) -> BaseException:
 
 
 def encode_result_parts(values: list[Any], errors: dict[int, dict[str, Any]],
-                        extra: dict[str, Any] | None = None) -> list[Part]:
+                        sharer: Sharer | None = None, extra: dict[str, Any] | None = None) -> list[Part]:
     """``extra``: plain-data fields the result carries besides its values (the runner's timing)."""
     msg: dict[str, Any] = {"v": FORMAT_VERSION}
     if extra:
         msg.update(extra)
     if errors:
         msg["e"] = errors
-    return pack_parts(msg, "r", values)
+    return pack_parts(msg, "r", values, sharer)
 
 
 def encode_result(values: list[Any], errors: dict[int, dict[str, Any]]) -> bytes:
@@ -320,6 +414,11 @@ def encode_result(values: list[Any], errors: dict[int, dict[str, Any]]) -> bytes
 
 def encode_need_code() -> bytes:
     return _pack({"v": FORMAT_VERSION, "need_code": True})
+
+
+def encode_need_inline(reason: str) -> bytes:
+    """The signed answer of a worker that cannot fetch a call's shared buffers."""
+    return _pack({"v": FORMAT_VERSION, "need_inline": reason})
 
 
 def encode_not_run(reason: str) -> bytes:
@@ -344,10 +443,12 @@ def encode_failure(exc: BaseException) -> bytes:
     return _pack({"v": FORMAT_VERSION, "fail": error_record(exc)})
 
 
-def decode_result(body: bytes | memoryview) -> dict[str, Any]:
+def decode_result(body: bytes | memoryview, take: Callable[[Any], memoryview] | None = None) -> dict[str, Any]:
+    """A result; ``take(ref)`` maps a shared buffer the worker delivered (:mod:`.sharing`)."""
     msg = _unpack_body(body)
     if not isinstance(msg, dict):
         raise ValueError("not a pyexec result")
+    resolve_shared(msg, take)
     if "r" in msg:
         msg["values"] = load_value(msg, "r")
     return msg

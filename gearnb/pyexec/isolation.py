@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import struct
@@ -39,6 +40,9 @@ log = logging.getLogger("gearnb.pyexec")
 
 # Frames between a worker and its task process: kind (1 byte), length (8 bytes), payload.
 FRAME = struct.Struct(">BQ")
+SMALL_FRAME = 65536  # frames below this are joined and sent with one send; larger ones gathered
+READ_SIZE = 256 * 1024  # the frame reader's buffer: every small frame of a job in one recv
+MAX_IOV = 512  # parts per sendmsg (Linux allows 1024)
 JOB, DATA, WARNING, STATUS, COMPLETE, EXCEPTION, FAIL = range(7)
 # A task asked to stop gets this long to stop (SIGINT: a KeyboardInterrupt in Python code)
 # before its process is killed; C code that does not check for signals never stops by itself.
@@ -48,46 +52,96 @@ READY = b"gearnb-task-ready"
 
 
 def send_frame(sock: socket.socket, kind: int, payload: bytes | BufferList | memoryview = b"") -> None:
-    """One frame; a payload given in pieces (a large result) is sent without joining them."""
-    if isinstance(payload, BufferList):
-        sock.sendall(FRAME.pack(kind, payload.nbytes))
-        for part in payload:
-            sock.sendall(part)
-    elif nbytes(payload) < 65536:
-        sock.sendall(FRAME.pack(kind, nbytes(payload)) + bytes(payload))
+    """One frame, in one system call; a payload given in pieces (a large result) is sent
+    without joining them."""
+    parts = list(payload) if isinstance(payload, BufferList) else [payload]
+    size = sum(map(nbytes, parts))
+    if size < SMALL_FRAME:
+        sock.sendall(FRAME.pack(kind, size) + b"".join(parts))
     else:
-        sock.sendall(FRAME.pack(kind, nbytes(payload)))
-        sock.sendall(payload)
+        _send_parts(sock, [FRAME.pack(kind, size), *parts])
 
 
-def recv_frame(sock: socket.socket) -> tuple[int, bytes] | None:
-    """The next frame, or None at the end of the stream (the other side is gone)."""
-    head = _recv_exactly(sock, FRAME.size)
-    if head is None:
-        return None
-    kind, size = FRAME.unpack(head)
-    payload = _recv_exactly(sock, size) if size else b""
-    if payload is None:
-        return None
-    return kind, payload
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
-    made = new_bytes(size) if size >= 65536 else None
-    if made is None:
-        buffer = bytearray(size)
-        view = memoryview(buffer)
+def send_job(sock: socket.socket, head: bytes, data: bytes | memoryview) -> None:
+    """A JOB frame (``head``: handle, function and unique) and its data, in one system call."""
+    if nbytes(data) < SMALL_FRAME:
+        sock.sendall(b"".join((FRAME.pack(JOB, len(head)), head, FRAME.pack(DATA, nbytes(data)), data)))
     else:
-        out, view = made
-    got = 0
-    while got < size:
-        n = sock.recv_into(view[got:])
-        if not n:
-            view.release()
+        _send_parts(sock, [FRAME.pack(JOB, len(head)) + head + FRAME.pack(DATA, nbytes(data)), data])
+
+
+def _send_parts(sock: socket.socket, parts: list[Any]) -> None:
+    """``sendmsg`` the parts (gathered by the kernel, not joined here) until all are sent."""
+    views = [memoryview(part).cast("B") for part in parts]
+    while views:
+        sent = sock.sendmsg(views[:MAX_IOV])
+        while sent and views:
+            if sent >= views[0].nbytes:
+                sent -= views[0].nbytes
+                views.pop(0)
+            else:
+                views[0] = views[0][sent:]
+                sent = 0
+
+
+class FrameReader:
+    """Frames from one end of the socket pair: one ``recv`` brings whatever has arrived (a job's
+    two frames, a task's output and its outcome), a large payload is read into its own bytes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = bytearray(READ_SIZE)
+        self._view = memoryview(self._buffer)
+        self._start = self._end = 0
+
+    def next(self) -> tuple[int, bytes] | None:
+        """The next frame, or None at the end of the stream (the other side is gone)."""
+        if not self._fill(FRAME.size):
             return None
-        got += n
-    view.release()
-    return bytes(buffer) if made is None else out
+        kind, size = FRAME.unpack_from(self._buffer, self._start)
+        self._start += FRAME.size
+        if size <= READ_SIZE - FRAME.size:
+            if not self._fill(size):
+                return None
+            payload = bytes(self._view[self._start:self._start + size])
+            self._start += size
+            return kind, payload
+        have = self._end - self._start  # a large payload: what is buffered, then the rest
+        made = new_bytes(size)
+        if made is None:
+            out = bytearray(size)
+            view = memoryview(out)
+        else:
+            out, view = made  # type: ignore[assignment]
+        view[:have] = self._view[self._start:self._end]
+        self._start = self._end = 0
+        got = have
+        while got < size:
+            n = self.sock.recv_into(view[got:])
+            if not n:
+                view.release()
+                return None
+            got += n
+        view.release()
+        return kind, bytes(out) if made is None else out  # type: ignore[return-value]
+
+    def _fill(self, want: int) -> bool:
+        """At least ``want`` bytes buffered from ``_start``; False at the end of the stream."""
+        if self._end - self._start >= want:
+            return True
+        if self._start:  # move what is left to the front
+            left = self._end - self._start
+            self._buffer[:left] = self._buffer[self._start:self._end]
+            self._start, self._end = 0, left
+        while self._end < want:
+            n = self.sock.recv_into(self._view[self._end:])
+            if not n:
+                return False
+            self._end += n
+        return True
+
+    def buffered(self) -> bool:
+        return self._end > self._start
 
 
 class TaskProcess:
@@ -98,6 +152,7 @@ class TaskProcess:
         self.function_name = function_name
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
+        self.reader: FrameReader | None = None
         self.starts = 0
 
     def ensure_started(self) -> socket.socket:
@@ -113,8 +168,9 @@ class TaskProcess:
             pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         ours.settimeout(START_TIMEOUT)
+        reader = FrameReader(ours)
         try:
-            ready = recv_frame(ours)
+            ready = reader.next()
         except OSError:
             ready = None
         ours.settimeout(None)
@@ -123,6 +179,7 @@ class TaskProcess:
             ours.close()
             raise RuntimeError(f"the task process could not start ({describe_exit(code)})")
         self.sock = ours
+        self.reader = reader
         self.starts += 1
         return ours
 
@@ -132,6 +189,7 @@ class TaskProcess:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+            self.reader = None
         if proc is None:
             return "ended"
         try:
@@ -153,6 +211,7 @@ class TaskProcess:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+            self.reader = None
         if self.proc is not None:
             if self.proc.poll() is None:
                 self.proc.kill()
@@ -183,10 +242,11 @@ class IsolatedRunner:
             if self._stopped:  # asked to stop while its task process was starting
                 raise self._stopped_before_start(job)
             # The server that gave the job goes along: nested maps in the task use it.
-            send_frame(sock, JOB, b"\0".join((job.handle, job.function.encode(), job.unique, job.server.encode())))
-            send_frame(sock, DATA, job.data)
+            send_job(sock, b"\0".join((job.handle, job.function.encode(), job.unique, job.server.encode())), job.data)
+            reader = process.reader
+            assert reader is not None
             while True:
-                frame = recv_frame(sock)
+                frame = reader.next()
                 if frame is None:
                     how = process.reap()
                     raise self._died(job, how)
@@ -294,6 +354,18 @@ class _RelayedJob:
         send_frame(self._sock, WARNING, data.encode() if isinstance(data, str) else bytes(data))
 
 
+def _idle(sock: socket.socket, runner: Any) -> None:
+    """Wait for the next job; meanwhile drop the shared values callers release (sharing.py),
+    so a finished map's data does not stay mapped in an idle worker."""
+    links = runner.links
+    while links is not None and links.filenos():
+        readable, _, _ = select.select([sock, *links.filenos()], [], [])
+        if sock in readable:
+            return
+        for link in readable:
+            links.poll(link)
+
+
 def task_main(fd: int, function_name: str) -> int:
     """The task process: run the jobs its worker sends, one at a time, until it goes away."""
     from .keys import load_key
@@ -307,39 +379,49 @@ def task_main(fd: int, function_name: str) -> int:
     os.environ.pop("GEARNB_KEY", None)  # user code in this process does not need the key
     runner = PyexecRunner(key, function_name, worker_pid=os.getppid())
     # SIGINT stops the running task (a KeyboardInterrupt there); between tasks it is ignored.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Installed once: switching handlers around every task cost two system calls a task.
+    running = [False]
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if running[0]:
+            runner.stop(signum, frame)
+
+    signal.signal(signal.SIGINT, on_sigint)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     send_frame(sock, DATA, READY)
+    reader = FrameReader(sock)
     while True:
-        frame = recv_frame(sock)
+        if not reader.buffered():
+            _idle(sock, runner)
+        frame = reader.next()
         if frame is None:
             return 0
         kind, head = frame
-        frame = recv_frame(sock)
+        frame = reader.next()
         if kind != JOB or frame is None:
             return 0
         handle, function, unique, server = head.split(b"\0", 3)
         job = _RelayedJob(sock, handle, function.decode(errors="replace"), unique, frame[1])
         job.server = server.decode(errors="replace")
-        signal.signal(signal.SIGINT, runner.stop)
         try:
-            result = runner(job)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            running[0] = True
+            try:
+                result = runner(job)
+            finally:
+                running[0] = False
             send_frame(sock, COMPLETE, result)
         except WorkException as exc:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
             send_frame(sock, EXCEPTION, exc.data)
         except JobFailed:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
             send_frame(sock, FAIL)
         except KeyboardInterrupt:  # stopped outside the calls themselves
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
             call = _call_of(job.data)
             answer = envelope.encode_failure(TaskStopped("stopped: its caller gave up on it"))
             if call is None:
                 send_frame(sock, FAIL)
             else:
                 send_frame(sock, EXCEPTION, runner.signer.sign_result(function, call, [answer]))
+        job = frame = head = result = None  # the job's data goes now, not when the next job comes
 
 
 if __name__ == "__main__":

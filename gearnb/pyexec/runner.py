@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import socket
 import sys
 import threading
@@ -28,9 +27,9 @@ from typing import Any, NamedTuple
 from ..errors import TaskStopped, WorkException
 from ..buffers import BufferList
 from ..worker import Job
-from . import envelope
+from . import envelope, sharing
 from .replay import NotRun, ReplayGuard
-from .signing import RefusedPayload, Signer
+from .signing import CallId, RefusedPayload, Signer
 from .taskio import TaskChannel
 from .usercode import ModuleWatch
 
@@ -38,8 +37,12 @@ log = logging.getLogger("gearnb.pyexec")
 
 PYEXEC = "pyexec"
 # Functions kept unpickled per worker, by digest. A sweep uses a handful; 256 bounds memory
-# for a long-lived worker that sees many notebooks' functions.
+# for a long-lived worker that sees many notebooks' functions...
 FUNCTION_CACHE_SIZE = 256
+# ...and so do the bytes of the arrays they capture, when those came in the job rather than
+# shared (a function's shared buffers are dropped when its caller releases them, at the end of
+# its map): a few 200 MB captured datasets.
+FUNCTION_CACHE_BYTES = 1 << 30
 # The result field saying when the job's calls ran and where:
 # [start, end (time.time() of the worker's host), host, worker pid, task process pid].
 TIMING = "tm"
@@ -83,6 +86,19 @@ def task_cluster() -> TaskCluster | None:
     return found
 
 
+class _Deliver:
+    """The sharer of a result (an :class:`~gearnb.pyexec.envelope.Sharer`): a large buffer goes
+    to the caller's value store, tagged with the call's nonce, or inline if it is out of reach."""
+
+    __slots__ = ("links", "store", "nonce")
+
+    def __init__(self, links: sharing.StoreLinks, store: bytes, nonce: bytes) -> None:
+        self.links, self.store, self.nonce = links, store, nonce
+
+    def share(self, raw: memoryview, pin: bool = False) -> list[Any] | None:
+        return self.links.deliver(self.store, self.nonce, [raw])
+
+
 class PyexecRunner:
     """Callable as a worker function: ``worker.register("pyexec", PyexecRunner(key))``."""
 
@@ -94,9 +110,15 @@ class PyexecRunner:
         self.worker_pid = worker_pid
         self.channel = TaskChannel()
         self.function_name = function_name.encode()
-        self.functions: OrderedDict[bytes, Any] = OrderedDict()
+        # digest -> (function, tokens of its shared buffers, bytes of its buffers sent inline)
+        self.functions: OrderedDict[bytes, tuple[Any, frozenset[bytes], int]] = OrderedDict()
+        self._function_bytes = 0
         self.replay_guard = ReplayGuard()
         self.module_watch = ModuleWatch()  # edited files of modules tasks imported by name
+        # Connections to callers' value stores (large values through shared memory, sharing.py).
+        self.links = sharing.StoreLinks() if sharing.available() else None
+        if self.links is not None:
+            self.links.on_release = self._released
         self.stop_requested = False  # see stop()
 
     def __call__(self, job: Job) -> bytes | BufferList:
@@ -114,11 +136,21 @@ class PyexecRunner:
             log.warning("refused job %r: %s", job.handle, exc)
             # Plain text, unsigned: the caller shows it, never unpickles it.
             raise WorkException(f"gearnb worker refused the job: {exc}".encode()) from None
+        if self.links is not None:
+            self.links.poll()  # values its callers released meanwhile
         try:
             if self.module_watch.drop_changed():
                 self.functions.clear()  # they may hold the old modules' objects
+                self._function_bytes = 0
             msg = envelope.decode_call(body)
-            fn = self._function(msg)
+            store = msg.get("sa")
+            try:
+                tokens = envelope.resolve_shared(msg, None if self.links is None or store is None
+                                                 else lambda ref: self.links.fetch(store, ref))  # type: ignore[union-attr]
+            except sharing.SharedUnavailable as exc:
+                log.info("job %r: %s; asking for it inline", job.handle, exc)
+                return self.signer.sign_result(name, call, [envelope.encode_need_inline(str(exc))])
+            fn = self._function(msg, tokens)
             if fn is None:
                 return self.signer.sign_result(name, call, [envelope.encode_need_code()])
             columns = envelope.call_columns(msg)
@@ -133,7 +165,7 @@ class PyexecRunner:
                     f"call once the caller has imported them", name=exc.name)
             raise WorkException(self.signer.sign_result(name, call, [envelope.encode_failure(exc)])) from None
         try:
-            result = self._run(job, fn, calls, columns is not None, limit)
+            result = self._run(job, fn, calls, columns is not None, self._result_sharer(store, call), limit)
         except TaskStopped as exc:
             raise WorkException(self.signer.sign_result(name, call, [envelope.encode_failure(exc)])) from None
         if not msg.get("ch") and 0 in result[1]:
@@ -146,22 +178,37 @@ class PyexecRunner:
             return self.signer.signed_result_parts(name, call, parts)
         return self.signer.sign_result(name, call, parts)
 
-    def _function(self, msg: dict[str, Any]) -> Any:
+    def _function(self, msg: dict[str, Any], tokens: dict[int, bytes]) -> Any:
         digest = msg["fd"]
-        fn = self.functions.get(digest)
-        if fn is not None:
+        entry = self.functions.get(digest)
+        if entry is not None:
             self.functions.move_to_end(digest)
-            return fn
-        code = msg.get("fc")
-        if code is None:
+            return entry[0]
+        if msg.get("fc") is None:
             return None
-        fn = pickle.loads(code)
-        self.functions[digest] = fn
-        if len(self.functions) > FUNCTION_CACHE_SIZE:
-            self.functions.popitem(last=False)
+        fn = envelope.load_function(msg)
+        own = msg.get("zb", ())[:msg.get("fn", 0)]  # the function's buffers come first
+        shared = frozenset(tokens[i] for i in range(len(own)) if i in tokens)
+        inline = sum(memoryview(own[i]).nbytes for i in range(len(own)) if i not in tokens)
+        self.functions[digest] = (fn, shared, inline)
+        self._function_bytes += inline
+        while len(self.functions) > FUNCTION_CACHE_SIZE or (
+                self._function_bytes > FUNCTION_CACHE_BYTES and len(self.functions) > 1):
+            self._function_bytes -= self.functions.popitem(last=False)[1][2]
         return fn
 
-    def _run(self, job: Job, fn: Any, calls: Any, columns: bool = False,
+    def _released(self, tokens: set[bytes]) -> None:
+        """Callers released shared values: forget the functions that captured them."""
+        for digest in [d for d, (_, shared, _) in self.functions.items() if shared & tokens]:
+            self._function_bytes -= self.functions.pop(digest)[2]
+
+    def _result_sharer(self, store: Any, call: CallId) -> _Deliver | None:
+        """Where a large result goes: the caller's value store, if this process reaches it."""
+        if self.links is None or not isinstance(store, bytes):
+            return None
+        return _Deliver(self.links, store, call.nonce)
+
+    def _run(self, job: Job, fn: Any, calls: Any, columns: bool = False, sharer: Any = None,
              output_limit: int | None = None) -> tuple[list[Any], dict[int, Any], list[Any]]:
         """Call ``fn`` on each of ``calls`` (``(args, kwargs)`` pairs, or with ``columns`` the
         argument columns of a map chunk); returns values, error records and the result body.
@@ -213,10 +260,10 @@ class PyexecRunner:
             channel.end()
         timing = [started, ended, HOST, self.worker_pid or os.getpid(), os.getpid()]
         try:
-            body = envelope.encode_result_parts(values, errors, {TIMING: timing})
+            body = envelope.encode_result_parts(values, errors, sharer, {TIMING: timing})
         except Exception as exc:  # noqa: BLE001 - a result that does not serialise
             errors = {i: envelope.error_record(exc) for i in range(len(values))}
-            body = envelope.encode_result_parts([None] * len(values), errors, {TIMING: timing})
+            body = envelope.encode_result_parts([None] * len(values), errors, extra={TIMING: timing})
         return values, errors, body
 
     def _failed(self, index: int, exc: BaseException, errors: dict[int, dict[str, Any]]) -> None:

@@ -44,7 +44,7 @@ class Connection(asyncio.BufferedProtocol):
         self.outbox = server.outbox
         self.transport: asyncio.Transport | None = None
         self.decoder = Decoder(REQ, allow_text=True, max_packet_size=server.max_packet_size,
-                               read_buffer=server.read_buffer, raw=True)
+                               read_buffer=server.read_buffer, raw=True, table=server.dispatch)
         self.fd = -1
         self.peer = "-"
         self.client_id = b"-"

@@ -23,10 +23,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from ..protocol import ADMIN_LINE, DEFAULT_MAX_PACKET_SIZE, HIGH, NORMAL, PT, RES, SUBMIT_TYPES, ProtocolError
+from ..protocol import ADMIN_LINE, DEFAULT_MAX_PACKET_SIZE, HIGH, PT, RES, SUBMIT_TYPES, ProtocolError
 from ..protocol import pack, pack_parts
 from ..protocol.codec import BIG_PACKET, RECV_BUFFER
-from ..protocol.packets import MAX_UNIQUE_SIZE
+from ..protocol.packets import ARG_COUNT, MAX_UNIQUE_SIZE
 from .admin import AdminCommands
 from .clients import ClientRecord
 from .functions import Function
@@ -115,32 +115,38 @@ class JobServer:
         }
         for ptype in SUBMIT_TYPES:
             self.handlers[ptype] = self._submit_handler(ptype)
+        # What each connection's decoder hands out per packet: its handler, found with the
+        # lookup that gives the argument count (one dict lookup per packet). Types the server
+        # does not take (ALL_YOURS, SUBMIT_JOB_SCHED, response types) decode too and are
+        # answered as gearmand does.
+        self.dispatch: dict[int, tuple[int, Handler]] = {
+            ptype: (ARG_COUNT.get(ptype, 0), self.handlers.get(ptype) or functools.partial(self._unexpected, ptype))
+            for ptype in [*ARG_COUNT, ADMIN_LINE]}
+        self.packet_types = {handler: ptype for ptype, (_, handler) in self.dispatch.items()}  # for traces
 
     # -- connections ----------------------------------------------------------------------
     def connection_made(self, conn: Connection) -> None:
         self.connections[conn] = None
 
-    def received(self, conn: Connection, items: list[tuple[int, Any]]) -> None:
-        """Run the handler of each ``(type, args)`` decoded from one read, in order (an admin
-        line is ``(ADMIN_LINE, text)``)."""
-        if self.tracer is not None:
-            self.tracer.received(conn, items)
-        handlers = self.handlers
-        for ptype, args in items:
+    def received(self, conn: Connection, items: list[tuple[Handler, Any]]) -> None:
+        """Run each ``(handler, args)`` decoded from one read (see ``dispatch``), in order."""
+        if self.tracer is not None:  # the tracer reads packet types
+            types = self.packet_types
+            self.tracer.received(conn, [(types[handler], args) for handler, args in items])
+        for handler, args in items:
             if conn.closed:
                 break
-            handler = handlers.get(ptype)
-            if handler is None:
-                # A well-formed packet we do not take (ALL_YOURS, SUBMIT_JOB_SCHED, a response
-                # type): gearmand answers ERROR and keeps the connection open.
-                conn.error(b"INVALID_COMMAND", b"Command not expected")
-                continue
             try:
                 handler(conn, args)
             except ProtocolError as exc:
                 conn.protocol_error(exc)
                 break
         self.outbox.flush_soon()
+
+    def _unexpected(self, ptype: int, conn: Connection, args: Sequence[bytes]) -> None:
+        """A well-formed packet the server does not take (ALL_YOURS, SUBMIT_JOB_SCHED, a
+        response type): gearmand answers ERROR and keeps the connection open."""
+        conn.error(b"INVALID_COMMAND", b"Command not expected")
 
     def connection_lost(self, conn: Connection) -> None:
         if self.tracer is not None:  # before the requeues and wake-ups it causes
@@ -483,25 +489,15 @@ class JobServer:
         self._end_job(job)  # WORK_EXCEPTION ends the job, as in gearmand >= 1.1.9
 
     def _end_job(self, job: Job) -> None:
-        state = job.state
-        if state == DONE:
+        """The one way a job ends (completed, failed, cancelled, dropped): the job drops its
+        links (Job.end), the server its tables and the persistent queue its row."""
+        if job.state == DONE:
             return
-        function = job.function
-        if state == QUEUED:
-            function.remove(job)
-        elif state == RUNNING:
-            job.unassign()
-        elif state == SCHEDULED:
-            function.scheduled -= 1
-        job.state = DONE
-        if job.timer is not None:
-            job.timer.cancel()
-            job.timer = None
+        job.end()
         del self.jobs[job.handle]
-        if job.key and function.by_unique.get(job.key) is job:
-            del function.by_unique[job.key]
-        if job.clients:
-            job.unlink_clients()
+        key = job.key
+        if key and job.function.by_unique.get(key) is job:
+            del job.function.by_unique[key]
         if job.stored and self.queue is not None:
             self.queue.delete(job)
 

@@ -93,10 +93,6 @@ class Job:
             del client.jobs[self]
             self.clients.remove(client)
 
-    def unlink_clients(self) -> None:
-        for client in self.clients:
-            client.jobs.pop(self, None)
-        self.clients = []
 
     def assign(self, worker: WorkerRecord) -> None:
         """QUEUED -> RUNNING on ``worker`` (after its function's queue gave the job up)."""
@@ -116,6 +112,27 @@ class Job:
         if timer is not None:
             timer.cancel()
             self.timer = None
+
+    def end(self) -> None:
+        """To DONE from any state: out of its queue or off its worker, its timer cancelled,
+        its clients unlinked (the server forgets it next: Job tables are the server's)."""
+        state = self.state
+        if state == RUNNING:
+            self.unassign()
+        elif state == QUEUED:
+            self.function.remove(self)
+        elif state == SCHEDULED:
+            self.function.scheduled -= 1
+        self.state = DONE
+        timer = self.timer
+        if timer is not None:
+            timer.cancel()
+            self.timer = None
+        clients = self.clients
+        if clients:
+            for client in clients:
+                del client.jobs[self]
+            self.clients = []
 
     def __repr__(self) -> str:
         return f"<Job {self.handle!r} {self.function.name!r} state={self.state}>"
