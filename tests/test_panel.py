@@ -147,3 +147,21 @@ def test_task_stream_marks_failures_and_retries(tmp_path):
         three = [r for r in records if r.task == "#3"]
         assert [(r.attempt, r.ok, r.error) for r in three] == [(1, False, "ValueError"), (2, True, "")]
         assert len(records) == 7
+
+
+def test_the_panels_live_stream_draws_the_latest_runs_only():
+    """A map of many tasks: the panel draws a rolling window of the latest LIVE_BARS runs (an
+    SVG of 10,000 bars is 1.9 MB); the map's stream keeps them all."""
+    from gearnb.progress import widget
+    from gearnb.progress.tracker import Snapshot
+    from gearnb.visual import TaskRecord, TaskStream
+
+    total = widget.LIVE_BARS + 500
+    stream = TaskStream([TaskRecord(f"#{i}", f"host:{i % 4}", i * 0.01, i * 0.01 + 0.005) for i in range(total)])
+    view = widget.WidgetView("many", total)
+    view.close(Snapshot(label="many", total=total, done=total, failed=0, in_flight=0, running=0, queued=0,
+                        rate=1.0, eta=None, elapsed=5.0, tasks=[], finished=True, stream=stream))
+    picture = view.stream.value
+    assert f"the latest {widget.LIVE_BARS:,} of {total:,} runs" in picture
+    assert picture.count('class="bar') == widget.LIVE_BARS and f"#{total - 1} on " in picture and "#0 on " not in picture
+    assert len(stream) == total and view.stream in view.box.children
