@@ -108,6 +108,7 @@ class PyexecRunner:
         # A task process of its own (gearnb.pyexec.isolation) gives its worker's pid; a runner
         # in the worker process itself runs tasks on the worker's thread.
         self.worker_pid = worker_pid
+        self._pids = (worker_pid or os.getpid(), os.getpid())  # for the timing of every result
         self.channel = TaskChannel()
         self.function_name = function_name.encode()
         # digest -> (function, tokens of its shared buffers, bytes of its buffers sent inline)
@@ -225,7 +226,7 @@ class PyexecRunner:
         sys.stdout, sys.stderr = channel.stdout, channel.stderr
         server = getattr(job, "server", "")
         if server:
-            _cluster = (TaskCluster([server], self._key, f"{HOST}:{self.worker_pid or os.getpid()}"),
+            _cluster = (TaskCluster([server], self._key, f"{HOST}:{self._pids[0]}"),
                         None if self.worker_pid else threading.get_ident())
         _current = channel
         self.stop_requested = False
@@ -258,7 +259,7 @@ class PyexecRunner:
             _current = None
             sys.stdout, sys.stderr = saved
             channel.end()
-        timing = [started, ended, HOST, self.worker_pid or os.getpid(), os.getpid()]
+        timing = [started, ended, HOST, *self._pids]
         try:
             body = envelope.encode_result_parts(values, errors, sharer, {TIMING: timing})
         except Exception as exc:  # noqa: BLE001 - a result that does not serialise

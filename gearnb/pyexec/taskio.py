@@ -149,11 +149,11 @@ class TaskChannel:
         self._item, self._used, self._dropped, self._line_open = -1, 0, 0, False
         self._sent_done = -1
         self._started = time.monotonic()
-        self.job = job  # last: the flusher reads the fields above once it sees a job
-        thread = self._thread
-        if thread is None or not thread.is_alive():
-            self._thread = threading.Thread(target=self._flusher, name="gearnb-task-output", daemon=True)
-            self._thread.start()
+        with self._lock:  # against the flusher ending just now (it clears _thread, under the lock)
+            self.job = job  # last: the flusher reads the fields above once it sees a job
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._flusher, name="gearnb-task-output", daemon=True)
+                self._thread.start()
 
     def end(self) -> None:
         """The job ended: send everything it wrote (before the result goes)."""
@@ -270,6 +270,7 @@ class TaskChannel:
                     try:
                         self._send(job, records)
                     except OSError:  # the worker went away: the task process ends with it
+                        self._thread = None
                         return
 
     def forked(self) -> None:
