@@ -14,13 +14,14 @@ through a gearnb job server (a process of its own) with 2 worker processes, in t
 after the other ``--runs`` times (the VM's speed drifts: alternating keeps that out of the
 comparison):
 
-* ``isolated``: ``gearnb worker --processes 2``, each worker relaying its jobs to a task process
-  of its own (gearnb/pyexec/isolation.py: a task that crashes fails only itself);
+* ``isolated``: ``gearnb worker --processes 2``: each worker is a guard whose task process grabs
+  and runs the jobs on connections the guard holds copies of (gearnb/pyexec/isolation.py: a
+  task that crashes fails only itself);
 * ``in-process``: 2 worker processes that run ``PyexecRunner`` themselves (no task process).
 
 It prints tasks/s, the round trip's p50, and CPU microseconds per task of each process: this
 one (the caller: its map thread, I/O thread and value store), the job server, the workers, the
-task processes. The difference between the modes is what the relay costs.
+task processes. The difference between the modes is what isolation costs.
 """
 
 from __future__ import annotations

@@ -42,37 +42,37 @@ def load_functions(worker: Worker, modules: Sequence[str]) -> None:
 def run_one(servers: str | None, modules: Sequence[str], client_id: str | None,
             key_file: str | None = None, job_timeout: float | None = None,
             exception_packets: bool = True) -> int:
-    """One worker in this process: pyexec (when a cluster key is set) plus imported functions."""
-    from .pyexec import PYEXEC, load_key
+    """One worker in this process: a guard whose task process runs pyexec (when a cluster key
+    is set) and the functions of ``modules`` (gearnb/pyexec/isolation.py), and a control
+    function that stops a running task on request (gearnb/pyexec/control.py)."""
+    from .pyexec import load_key
     from .pyexec.control import ControlWorker
-    from .pyexec.isolation import IsolatedRunner
+    from .pyexec.isolation import Guard
     from .supervisor import die_with_parent
 
     die_with_parent()
-    worker = Worker(servers, client_id=client_id, exception_packets=exception_packets)
     key = load_key(None, key_file)
-    runner = control = None
-    if key:
-        # Tasks run in a task process of this worker: one that dies fails its task, not this
-        # worker (gearnb/pyexec/isolation.py); a control function stops one on request.
-        # job_timeout: CAN_DO_TIMEOUT, so a server takes a job back from a worker that went
-        # silent (a cut link). Works with gearnb's server; gearmand 1.1.20's is unreliable.
-        runner = IsolatedRunner(key)
-        runner.process.ensure_started()  # before the first job, not while it waits
-        worker.register(PYEXEC, runner, timeout=job_timeout)
-        control = ControlWorker(servers, key, runner, client_id=client_id).start()
-    load_functions(worker, modules)
     if not key:
-        log.warning("no cluster key (GEARNB_KEY / --key-file): serving only %s, not pyexec",
-                    ", ".join(n.decode() for n in worker.functions))
+        log.warning("no cluster key (GEARNB_KEY / --key-file): serving only the functions of %s, not pyexec",
+                    ", ".join(modules))
+    argv = ["--servers", ",".join(parse_servers(servers))]
+    for module in modules:
+        argv += ["--import", module]
+    if client_id:
+        argv += ["--client-id", client_id]
+    if job_timeout:
+        # CAN_DO_TIMEOUT, so a server takes a job back from a worker that went silent (a cut
+        # link). Works with gearnb's server; gearmand 1.1.20's is unreliable.
+        argv += ["--job-timeout", str(job_timeout)]
+    if not exception_packets:
+        argv += ["--no-exception-packets"]
+    guard = Guard(parse_servers(servers), key, argv)
+    control = ControlWorker(servers, key, guard, client_id=client_id).start() if key else None
     try:
-        worker.work()
+        return guard.run()
     finally:
         if control is not None:
             control.stop()
-        if runner is not None:
-            runner.close()
-    return 0
 
 
 def run_workers(servers: str | None, processes: int, imports: Sequence[str] = (),

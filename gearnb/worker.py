@@ -129,8 +129,11 @@ def _set_reply_timeout(sock: socket.socket) -> None:
 class _ServerConn:
     """One job server as seen by the worker: a socket, a decoder and reconnect state."""
 
-    def __init__(self, address: str, max_packet_size: int, ssl_context: Any = None) -> None:
+    def __init__(self, address: str, max_packet_size: int, ssl_context: Any = None, index: int = 0,
+                 slot: Any = None) -> None:
         self.address = address
+        self.index = index  # its place in the worker's list of servers
+        self.slot = slot  # a guard's JobSlot (gearnb/pyexec/isolation.py): sends are marked in it
         self.max_packet_size = max_packet_size
         self.ssl_context = ssl_context
         self.sock: socket.socket | None = None
@@ -153,6 +156,8 @@ class _ServerConn:
         # Set by stop_reading(): the EOF that follows is ours, not the server's.
         self.reading_stopped = False
         self.lock = threading.Lock()  # job.send_* may be called from the job's own threads
+        # Called with each socket this connection opens (a task process hands it to its guard).
+        self.on_connect: Callable[[int, socket.socket], None] | None = None
         # Called with the socket before it is closed: the Worker's selector forgets it first.
         # (epoll keeps a closed socket while a forked child holds a copy of it; the DEL sent
         # later for its fd number would hit the next socket given that number.)
@@ -176,13 +181,19 @@ class _ServerConn:
             return False
         if self.failures:
             log.info("reconnected to job server %s", self.address)
+        self.adopt(sock)
+        if self.on_connect is not None:
+            self.on_connect(self.index, sock)
+        return True
+
+    def adopt(self, sock: socket.socket) -> None:
+        """Use ``sock``, connected (by this process or, for a task process, by its guard)."""
         self.sock = sock
         self.decoder = Decoder(RES, max_packet_size=self.max_packet_size)
         self.packets = []
         self.failures = 0
         self.sleeping = False
         self.reading_stopped = False
-        return True
 
     def drop(self, why: str) -> None:
         if self.sock is not None:
@@ -219,11 +230,17 @@ class _ServerConn:
         sock = self.sock
         if sock is None:
             raise ConnectionError(f"not connected to {self.address}")
+        slot = self.slot
         with self.lock:
+            if slot is not None:
+                slot.writing(self.index)  # a death from here on may leave half a packet
             try:
                 sock.sendall(data)
             except BlockingIOError:  # SO_SNDTIMEO expired (see _set_reply_timeout)
                 raise TimeoutError("timed out") from None
+            finally:
+                if slot is not None:
+                    slot.written()
 
     def send_update(self, ptype: int, handle: bytes, data: bytes) -> None:
         """WORK_DATA or WORK_WARNING, unless the server lacks them (it would answer ERROR)."""
@@ -241,12 +258,18 @@ class _ServerConn:
         sock = self.sock
         if sock is None:
             raise ConnectionError(f"not connected to {self.address}")
+        slot = self.slot
         with self.lock:
+            if slot is not None:
+                slot.writing(self.index)
             try:
                 for part in parts:
                     sock.sendall(part)
             except BlockingIOError:  # SO_SNDTIMEO expired (see _set_reply_timeout)
                 raise TimeoutError("timed out") from None
+            finally:
+                if slot is not None:
+                    slot.written()
 
     def read_packets(self) -> None:
         """One recv; decoded packets are appended to ``self.packets``. Raises on EOF / bad data."""
@@ -306,8 +329,11 @@ class Worker:
 
     def __init__(self, servers: ServerSpec = None, *, client_id: str | None = None,
                  max_packet_size: int = DEFAULT_MAX_PACKET_SIZE, ssl: Any = None,
-                 exception_packets: bool = True, namespace: str | bytes = "") -> None:
+                 exception_packets: bool = True, namespace: str | bytes = "", slot: Any = None) -> None:
         self.servers = parse_servers(servers)
+        # slot: a guard watches this worker (it is a task process, gearnb/pyexec/isolation.py):
+        # which job runs, and which connection is being written to, are kept in it.
+        self.slot = slot
         # Put in front of every function name registered, as libgearman's
         # gearman_worker_set_namespace(); job.function is then the full name the server sent.
         self.namespace = namespace.encode() if isinstance(namespace, str) else bytes(namespace)
@@ -319,7 +345,7 @@ class Worker:
         # which every client understands.
         self.exception_packets = exception_packets
         self.functions: dict[bytes, tuple[Callable[[Job], Any], int | None]] = {}
-        self._conns = [_ServerConn(a, max_packet_size, ssl) for a in self.servers]
+        self._conns = [_ServerConn(a, max_packet_size, ssl, index, slot) for index, a in enumerate(self.servers)]
         for conn in self._conns:
             conn.on_close = self._forget
         # A plain flag, not a threading.Event: stop() runs in signal handlers, and Event.set()
@@ -331,6 +357,9 @@ class Worker:
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._changed = False  # abilities changed while working: re-announce them
+        # Other sockets to read while asleep, with what to call when one is readable: a task
+        # process's links to its callers' value stores, whose notices free shared memory.
+        self.extra_readers: Callable[[], list[tuple[Any, Callable[[], None]]]] | None = None
         self.jobs_done = 0
         self._selector: selectors.BaseSelector | None = None
 
@@ -368,6 +397,25 @@ class Worker:
                 out.append(request(P.CAN_DO, name))
         return b"".join(out)
 
+    def adopt(self, index: int, sock: socket.socket) -> None:
+        """Use ``sock``, already connected, for server ``index`` (a task process's guard hands
+        over the connections it kept). It is announced to again when work() starts."""
+        conn = self._conns[index]
+        tune(sock)
+        _set_reply_timeout(sock)
+        conn.adopt(sock)
+        self._changed = True
+
+    @property
+    def on_connect(self) -> Callable[[int, socket.socket], None] | None:
+        """Called with (server index, socket) for each connection the worker opens."""
+        return self._conns[0].on_connect if self._conns else None
+
+    @on_connect.setter
+    def on_connect(self, callback: Callable[[int, socket.socket], None] | None) -> None:
+        for conn in self._conns:
+            conn.on_connect = callback
+
     # -- running ------------------------------------------------------------------------
     def stop(self) -> None:
         """Ask :meth:`work` to return after the current job (safe from any thread, and from
@@ -384,11 +432,12 @@ class Worker:
         for conn in self._conns:
             conn.stop_reading()
 
-    def work(self, max_jobs: int | None = None) -> None:
+    def work(self, max_jobs: int | None = None, handle_signals: bool = True) -> None:
         """Grab and run jobs until :meth:`stop`, SIGTERM, Ctrl-C or ``max_jobs`` done.
 
         SIGTERM and a first Ctrl-C let the current job finish, then return; a second Ctrl-C
         interrupts the job (KeyboardInterrupt), and the server gives it to another worker.
+        ``handle_signals=False`` leaves SIGTERM and SIGINT to the caller (a task process).
         """
         if not self.functions:
             raise ValueError("register at least one function before calling work()")
@@ -396,7 +445,7 @@ class Worker:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
+        if handle_signals and threading.current_thread() is threading.main_thread():
             def on_interrupt(signum: int, frame: Any) -> None:
                 if self._stopping:
                     raise KeyboardInterrupt
@@ -550,8 +599,19 @@ class Worker:
         # Never sleep unbounded: a job requeued without a wake-up (a server that missed a
         # NOOP, gearmand's CAN_DO_TIMEOUT) is picked up at the next poll anyway.
         timeout = max(min(missing) - time.monotonic(), 0.01) if missing else SLEEP_POLL
-        for key, _ in selector.select(timeout):
+        extras = self.extra_readers() if self.extra_readers is not None else []
+        for fileobj, callback in extras:  # registered for this sleep only: they may close
+            selector.register(fileobj, selectors.EVENT_READ, callback)
+        try:
+            ready = selector.select(timeout)
+        finally:
+            for fileobj, _ in extras:
+                selector.unregister(fileobj)
+        for key, _ in ready:
             conn = key.data
+            if callable(conn):  # an extra reader
+                conn()
+                continue
             if conn is None:
                 try:
                     self._wake_r.recv(4096)
@@ -581,8 +641,19 @@ class Worker:
             log.error("job server %s sent a job for %r, which this worker does not serve", conn.address, name)
             return request(P.WORK_FAIL, handle)
         job = Job(conn, handle, name, unique, data, reducer)
+        slot = self.slot
+        if slot is not None:
+            slot.running(conn.index, handle)
+        outcome = self._call(conn, entry[0], job)
+        if slot is not None:  # not reached if the job's function let a BaseException out
+            slot.idle()
+        return outcome
+
+    def _call(self, conn: _ServerConn, fn: Callable[[Job], Any], job: Job) -> bytes | list[bytes]:
+        """Run ``fn(job)``; the packet that reports its outcome (a large one in parts)."""
+        handle = job.handle
         try:
-            result = entry[0](job)
+            result = fn(job)
             if isinstance(result, BufferList):  # a large result in pieces (pyexec), sent unjoined
                 return encode_gathered(REQ, _WORK_COMPLETE, handle, last=result)
             parts = encode_parts(REQ, _WORK_COMPLETE, handle, _to_bytes(result))

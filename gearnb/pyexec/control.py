@@ -6,7 +6,7 @@ connection to each job server) for one function, ``gearnb.control.<id>``. A call
 gives up on jobs (a cancel with ``force``, a map's timeout, Ctrl-C) calls :func:`stop_jobs`:
 it asks each job server which control functions its workers have (admin ``workers``) and
 submits to each a background job, signed like a pyexec call, naming the handles to stop; the
-worker whose running job is one of them stops it (:meth:`IsolatedRunner.stop`). The request
+worker whose running job is one of them stops it (:meth:`Guard.stop`). The request
 travels through the same job servers as the jobs, so it needs no other port, and a handle
 names a job only on the server that made it, which is the server the request comes through.
 """
@@ -26,7 +26,7 @@ from .signing import RefusedPayload, Signer
 
 if TYPE_CHECKING:
     from ..admin import Admin
-    from .isolation import IsolatedRunner
+    from .isolation import Guard
 
 log = logging.getLogger("gearnb.pyexec")
 
@@ -39,13 +39,13 @@ STOP_TTL = 60
 class ControlWorker:
     """The thread of a worker process that serves its control function (module docstring)."""
 
-    def __init__(self, servers: Any, key: bytes, runner: IsolatedRunner, *, client_id: str | None = None,
+    def __init__(self, servers: Any, key: bytes, guard: Guard, *, client_id: str | None = None,
                  ssl: Any = None) -> None:
         from ..worker import Worker
 
         self.name = CONTROL_PREFIX + secrets.token_hex(8)
         self.signer = Signer(key)
-        self.runner = runner
+        self.guard = guard
         self.replay_guard = ReplayGuard()
         self.worker = Worker(servers, client_id=f"{client_id}-control" if client_id else None, ssl=ssl)
         self.worker.register(self.name, self._request)
@@ -63,7 +63,7 @@ class ControlWorker:
             log.warning("refused a control request: %s", exc)
             raise WorkException(b"refused") from None
         request = msgpack.unpackb(body, raw=False)
-        stopped = self.runner.stop(job.server, {bytes(h) for h in request.get("stop", ())})
+        stopped = self.guard.stop(job.server, {bytes(h) for h in request.get("stop", ())})
         return b"stopped" if stopped else b"not running here"
 
     def stop(self) -> None:

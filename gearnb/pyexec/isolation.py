@@ -1,429 +1,374 @@
-"""Each pyexec task runs in a task process of its worker, so that a task that dies takes only
-itself down: the worker answers that job with a :class:`~gearnb.errors.WorkerDied` failure,
-signed for its call, starts a fresh task process, and its Gearman connections never drop (so
-no job server requeues the job, gearmand's "requeue forever" included).
+"""Each worker's tasks run in a task process of its own, so that a task that dies takes only
+itself down: its job fails with :class:`~gearnb.errors.WorkerDied`, signed for its call, and
+the worker's connections to its job servers stay up (no job server requeues the job, gearmand's
+"requeue for ever" included).
 
-Two processes per worker: the *worker* (the Gearman connections, the grab loop, this module's
-:class:`IsolatedRunner` registered as ``pyexec``) never runs user code; its *task process*
-(``python -m gearnb.pyexec.isolation``, :func:`task_main`) runs every call with the in-process
-:class:`~gearnb.pyexec.runner.PyexecRunner`. Order of calls, per job: the worker sends the job
-to the task process (a JOB frame); the task process sends back frames for the task's
-WORK_DATA, WORK_WARNING and WORK_STATUS, which the worker passes on at once, then one
-outcome frame (COMPLETE, EXCEPTION or FAIL). End of stream before the outcome means the task
-process died: the worker reaps it, says how (``killed by SIGSEGV``) and answers the job so.
+A ``gearnb worker`` process is a :class:`Guard`; its *task process* (``python -m
+gearnb.pyexec.isolation``, :func:`task_main`) is an ordinary :class:`~gearnb.worker.Worker`
+that grabs and runs jobs itself - nothing is relayed, so isolation costs a job nothing but a
+few writes to shared memory. What makes that safe is that the guard holds a copy of every
+connection its task process opens (passed over a Unix socket), and a :class:`JobSlot` the
+task process keeps up to date: which job of which server it runs, the job's call, and
+whether it is in the middle of writing to a server. Order of events:
 
-:meth:`IsolatedRunner.stop` (the control channel, :mod:`.control`) stops the task that is
-running a given job: SIGINT first (a KeyboardInterrupt in the task, which its call loop turns
-into :class:`~gearnb.errors.TaskStopped`), SIGKILL after ``STOP_GRACE`` if it has not stopped.
+1. The guard starts the task process, handing it the connections it already holds.
+2. The task process connects where it has no connection yet, and passes each new one to the
+   guard; per job it marks the slot RUNNING (server, handle, then the call once verified),
+   runs it, marks it IDLE, and sends the result with its next grab.
+3. When the task process dies, the guard reads the slot. A job RUNNING on a connection that
+   was not being written to is at a packet boundary there: the guard answers it itself
+   (WORK_EXCEPTION with a signed WorkerDied saying how the process ended, or WORK_FAIL for a
+   job that is not a pyexec call) and keeps that connection. Every other connection may hold
+   half a packet, so the guard closes it (the task process connects again; a job a server had
+   just handed over on it is requeued). TLS connections are always closed: their state lived
+   in the dead process (the job server requeues the job, up to its ``--job-retries``).
+4. The guard starts a fresh task process at once, handing it the connections it kept.
+
+:meth:`Guard.stop` (a caller's request, through :mod:`.control`) stops a running task: SIGINT
+(a KeyboardInterrupt in the task, which ends its chunk with TaskStopped), then SIGKILL after
+``STOP_GRACE`` if it is still running the same job; its death is then answered as stopped.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
 import os
-import select
+import selectors
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import threading
-from typing import Any
+from typing import Any, Sequence
 
-from ..buffers import BufferList, nbytes, new_bytes
-from ..errors import JobFailed, TaskStopped, WorkerDied, WorkException
+from ..errors import TaskStopped, WorkerDied
 from ..supervisor import PARENT_ENV, describe_exit, die_with_parent
 from . import envelope
 from .signing import MAC_SIZE, MAGIC, PREFIX_SIZE, CallId, Signer
 
 log = logging.getLogger("gearnb.pyexec")
 
-# Frames between a worker and its task process: kind (1 byte), length (8 bytes), payload.
-FRAME = struct.Struct(">BQ")
-SMALL_FRAME = 65536  # frames below this are joined and sent with one send; larger ones gathered
-READ_SIZE = 256 * 1024  # the frame reader's buffer: every small frame of a job in one recv
-MAX_IOV = 512  # parts per sendmsg (Linux allows 1024)
-JOB, DATA, WARNING, STATUS, COMPLETE, EXCEPTION, FAIL = range(7)
 # A task asked to stop gets this long to stop (SIGINT: a KeyboardInterrupt in Python code)
 # before its process is killed; C code that does not check for signals never stops by itself.
 STOP_GRACE = 2.0
-START_TIMEOUT = 60.0  # seconds for a task process to say it is ready
-READY = b"gearnb-task-ready"
+SOCKETS_ENV = "GEARNB_TASK_SOCKETS"  # "index:fd,..." the connections a task process adopts
+
+# The slot: one page of shared memory, written by the task process, read by its guard.
+IDLE, RUNNING = 0, 1
+_STATE, _SERVER, _WRITING, _HANDLE_SIZE, _CALL_SIZE, _FUNCTION_SIZE = 0, 1, 2, 3, 4, 5  # one byte each
+_HANDLE = 8  # up to MAX_HANDLE bytes
+MAX_HANDLE = 64  # gearmand's GEARMAND_JOB_HANDLE_SIZE, NUL included
+_CALL = _HANDLE + MAX_HANDLE  # the call's MAC and header
+CALL_SIZE = PREFIX_SIZE - len(MAGIC)  # MAC (32) + header (28)
+_FUNCTION = _CALL + CALL_SIZE  # the Gearman function the call was signed for (its MAC covers it)
+MAX_FUNCTION = 255
+SLOT_SIZE = 4096
 
 
-def send_frame(sock: socket.socket, kind: int, payload: bytes | BufferList | memoryview = b"") -> None:
-    """One frame, in one system call; a payload given in pieces (a large result) is sent
-    without joining them."""
-    parts = list(payload) if isinstance(payload, BufferList) else [payload]
-    size = sum(map(nbytes, parts))
-    if size < SMALL_FRAME:
-        sock.sendall(FRAME.pack(kind, size) + b"".join(parts))
-    else:
-        _send_parts(sock, [FRAME.pack(kind, size), *parts])
+class JobSlot:
+    """What the task process is doing, in memory its guard reads after it died.
+
+    The task process writes a job's fields before it marks the job RUNNING, so a guard that
+    sees RUNNING sees whole fields; ``writing`` is the connection (index + 1) a send is under
+    way on, whose stream may hold half a packet if the process died meanwhile."""
+
+    def __init__(self, fd: int | None = None) -> None:
+        if fd is None:
+            fd = os.memfd_create("gearnb-job-slot", os.MFD_CLOEXEC)
+            os.ftruncate(fd, SLOT_SIZE)
+        self.fd = fd
+        self.memory = mmap.mmap(fd, SLOT_SIZE)
+
+    # -- the task process (gearnb.worker.Worker and the pyexec runner call these) ----------
+    def running(self, server: int, handle: bytes) -> None:
+        memory = self.memory
+        memory[_STATE] = IDLE
+        size = min(len(handle), MAX_HANDLE)
+        memory[_HANDLE:_HANDLE + size] = handle[:size]
+        memory[_HANDLE_SIZE] = size
+        memory[_CALL_SIZE] = 0
+        memory[_SERVER] = server
+        memory[_STATE] = RUNNING
+
+    def call(self, function: bytes, payload: bytes | memoryview) -> None:
+        """The running job's call (its MAC and header, and the function it was signed for),
+        once the runner verified it."""
+        memory = self.memory
+        size = len(function)
+        if size > MAX_FUNCTION:
+            return  # then the guard answers a plain WORK_FAIL
+        memory[_FUNCTION:_FUNCTION + size] = function
+        memory[_FUNCTION_SIZE] = size
+        memory[_CALL:_CALL + CALL_SIZE] = payload[len(MAGIC):PREFIX_SIZE]
+        memory[_CALL_SIZE] = CALL_SIZE
+
+    def idle(self) -> None:
+        self.memory[_STATE] = IDLE
+
+    def writing(self, server: int) -> None:
+        self.memory[_WRITING] = server + 1
+
+    def written(self) -> None:
+        self.memory[_WRITING] = 0
+
+    # -- the guard ---------------------------------------------------------------------------
+    def read(self) -> tuple[int, int, bytes, tuple[bytes, CallId] | None, int]:
+        """(state, server index, handle, (function, call) or None, writing: server index + 1 or 0)."""
+        memory = self.memory
+        handle = bytes(memory[_HANDLE:_HANDLE + memory[_HANDLE_SIZE]])
+        call = None
+        if memory[_CALL_SIZE] == CALL_SIZE:
+            raw = bytes(memory[_CALL:_CALL + CALL_SIZE])
+            function = bytes(memory[_FUNCTION:_FUNCTION + memory[_FUNCTION_SIZE]])
+            call = (function, CallId(raw[:MAC_SIZE], raw[MAC_SIZE:]))
+        return memory[_STATE], memory[_SERVER], handle, call, memory[_WRITING]
+
+    def clear(self) -> None:
+        self.memory[:16] = bytes(16)
+
+    def close(self) -> None:
+        self.memory.close()
+        os.close(self.fd)
 
 
-def send_job(sock: socket.socket, head: bytes, data: bytes | memoryview) -> None:
-    """A JOB frame (``head``: handle, function and unique) and its data, in one system call."""
-    if nbytes(data) < SMALL_FRAME:
-        sock.sendall(b"".join((FRAME.pack(JOB, len(head)), head, FRAME.pack(DATA, nbytes(data)), data)))
-    else:
-        _send_parts(sock, [FRAME.pack(JOB, len(head)) + head + FRAME.pack(DATA, nbytes(data)), data])
+class Guard:
+    """A ``gearnb worker`` process: it starts its task process, holds its connections,
+    answers the job of a task process that died, stops tasks on request (module docstring)."""
 
-
-def _send_parts(sock: socket.socket, parts: list[Any]) -> None:
-    """``sendmsg`` the parts (gathered by the kernel, not joined here) until all are sent."""
-    views = [memoryview(part).cast("B") for part in parts]
-    while views:
-        sent = sock.sendmsg(views[:MAX_IOV])
-        while sent and views:
-            if sent >= views[0].nbytes:
-                sent -= views[0].nbytes
-                views.pop(0)
-            else:
-                views[0] = views[0][sent:]
-                sent = 0
-
-
-class FrameReader:
-    """Frames from one end of the socket pair: one ``recv`` brings whatever has arrived (a job's
-    two frames, a task's output and its outcome), a large payload is read into its own bytes."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self._buffer = bytearray(READ_SIZE)
-        self._view = memoryview(self._buffer)
-        self._start = self._end = 0
-
-    def next(self) -> tuple[int, bytes] | None:
-        """The next frame, or None at the end of the stream (the other side is gone)."""
-        if not self._fill(FRAME.size):
-            return None
-        kind, size = FRAME.unpack_from(self._buffer, self._start)
-        self._start += FRAME.size
-        if size <= READ_SIZE - FRAME.size:
-            if not self._fill(size):
-                return None
-            payload = bytes(self._view[self._start:self._start + size])
-            self._start += size
-            return kind, payload
-        have = self._end - self._start  # a large payload: what is buffered, then the rest
-        made = new_bytes(size)
-        if made is None:
-            out = bytearray(size)
-            view = memoryview(out)
-        else:
-            out, view = made  # type: ignore[assignment]
-        view[:have] = self._view[self._start:self._end]
-        self._start = self._end = 0
-        got = have
-        while got < size:
-            n = self.sock.recv_into(view[got:])
-            if not n:
-                view.release()
-                return None
-            got += n
-        view.release()
-        return kind, bytes(out) if made is None else out  # type: ignore[return-value]
-
-    def _fill(self, want: int) -> bool:
-        """At least ``want`` bytes buffered from ``_start``; False at the end of the stream."""
-        if self._end - self._start >= want:
-            return True
-        if self._start:  # move what is left to the front
-            left = self._end - self._start
-            self._buffer[:left] = self._buffer[self._start:self._end]
-            self._start, self._end = 0, left
-        while self._end < want:
-            n = self.sock.recv_into(self._view[self._end:])
-            if not n:
-                return False
-            self._end += n
-        return True
-
-    def buffered(self) -> bool:
-        return self._end > self._start
-
-
-class TaskProcess:
-    """A worker's task process: started on first use and again after it dies."""
-
-    def __init__(self, key: bytes, function_name: str) -> None:
-        self.key = key
-        self.function_name = function_name
+    def __init__(self, servers: Sequence[str], key: bytes | None, argv: list[str], *, ssl_context: Any = None) -> None:
+        self.servers = list(servers)
+        self.signer = Signer(key) if key else None
+        self.argv = argv  # the task process's arguments after ``-m gearnb.pyexec.isolation``
+        self.ssl_context = ssl_context
+        self.slot = JobSlot()
+        self.connections: dict[int, socket.socket] = {}  # server index -> our copy of the task's connection
         self.proc: subprocess.Popen[bytes] | None = None
-        self.sock: socket.socket | None = None
-        self.reader: FrameReader | None = None
+        self.channel: socket.socket | None = None  # the task process passes its new connections here
         self.starts = 0
+        self._lock = threading.Lock()  # the slot and the process, against stop() from the control thread
+        self._stop_asked: tuple[int, bytes] | None = None  # (server, handle) we asked to stop
+        self._stopping = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
 
-    def ensure_started(self) -> socket.socket:
-        if self.sock is not None and self.proc is not None and self.proc.poll() is None:
-            return self.sock
-        self.close()
+    # -- the task process --------------------------------------------------------------------
+    def _connect_missing(self) -> None:
+        """Open the plain TCP connections the task process lacks, so it starts with them (it
+        connects by itself where this fails, and always for TLS, whose state is its own)."""
+        if self.ssl_context is not None:
+            return
+        from ..addresses import split_address
+
+        for index, address in enumerate(self.servers):
+            if index not in self.connections:
+                try:
+                    self.connections[index] = socket.create_connection(split_address(address), timeout=5)
+                except OSError:
+                    pass  # the task process tries, and keeps trying, itself
+
+    def start_task(self) -> None:
+        """Start a task process; it adopts the connections held here."""
+        self._connect_missing()
         ours, theirs = socket.socketpair()
-        # The task process ends with its worker (die_with_parent), even a SIGKILLed one.
-        env = dict(os.environ, GEARNB_KEY=self.key.hex(), **{PARENT_ENV: str(os.getpid())})
-        env.pop("GEARNB_KEY_FILE", None)
+        keep = [self.slot.fd, theirs.fileno(), *(sock.fileno() for sock in self.connections.values())]
+        env = dict(os.environ, **{PARENT_ENV: str(os.getpid()),
+                                  SOCKETS_ENV: ",".join(f"{i}:{s.fileno()}" for i, s in self.connections.items())})
+        env.pop("GEARNB_WORKER_CHILD", None)
+        self.slot.clear()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gearnb.pyexec.isolation", str(theirs.fileno()), self.function_name],
-            pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+            [sys.executable, "-m", "gearnb.pyexec.isolation", str(self.slot.fd), str(theirs.fileno()), *self.argv],
+            pass_fds=keep, env=env, stdin=subprocess.DEVNULL)
         theirs.close()
-        ours.settimeout(START_TIMEOUT)
-        reader = FrameReader(ours)
-        try:
-            ready = reader.next()
-        except OSError:
-            ready = None
-        ours.settimeout(None)
-        if ready is None or ready[1] != READY:
-            code = self.proc.wait()
-            ours.close()
-            raise RuntimeError(f"the task process could not start ({describe_exit(code)})")
-        self.sock = ours
-        self.reader = reader
+        if self.channel is not None:
+            self.channel.close()
+        self.channel = ours
         self.starts += 1
-        return ours
 
-    def reap(self) -> str:
-        """The task process is gone (end of stream): wait for it; how did it end?"""
-        proc, self.proc = self.proc, None
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-            self.reader = None
-        if proc is None:
-            return "ended"
-        try:
-            code = proc.wait(10)
-        except subprocess.TimeoutExpired:  # the stream ended but the process lingers: end it
-            proc.kill()
-            code = proc.wait()
-        return describe_exit(code)
-
-    def signal(self, signum: int) -> None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
+    def run(self) -> int:
+        """Until SIGTERM / Ctrl-C: keep a task process running."""
+        def stop(*_: object) -> None:
+            self._stopping = True
             try:
-                os.kill(proc.pid, signum)
-            except ProcessLookupError:
+                self._wake_w.send(b"x")
+            except OSError:
                 pass
 
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-            self.reader = None
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self.proc.wait()
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        forwarded = False
+        while True:
+            if self.proc is None:
+                self.start_task()
+            assert self.proc is not None and self.channel is not None
+            pidfd = os.pidfd_open(self.proc.pid)
+            selector.register(pidfd, selectors.EVENT_READ, "died")
+            selector.register(self.channel, selectors.EVENT_READ, "channel")
+            died = False
+            while not died:
+                if self._stopping and not forwarded:
+                    forwarded = True
+                    self.proc.send_signal(signal.SIGTERM)  # the task finishes its job, then exits
+                for key, _ in selector.select():
+                    if key.data == "wake":
+                        self._wake_r.recv(4096)
+                    elif key.data == "channel":
+                        self._adopt_passed()
+                    elif key.data == "died":
+                        died = True
+            selector.unregister(pidfd)
+            os.close(pidfd)
+            selector.unregister(self.channel)
+            code = self.proc.wait()
+            if self._stopping:
+                self.proc = None
+                break
+            self._task_died(code)
             self.proc = None
+        for sock in self.connections.values():
+            sock.close()
+        return 0
 
-
-class IsolatedRunner:
-    """The worker's ``pyexec`` function: each job runs in the task process (see the module
-    docstring). ``worker.register("pyexec", IsolatedRunner(key))``."""
-
-    def __init__(self, key: bytes, function_name: str = "pyexec") -> None:
-        self.signer = Signer(key)
-        self.function_name = function_name
-        self.process = TaskProcess(key, function_name)
-        self._lock = threading.Lock()  # current job, against stop() from the control thread
-        self._current: tuple[str, bytes] | None = None  # (server, handle) of the job running
-        self._stopping: threading.Timer | None = None
-        self._stopped = False
-
-    def __call__(self, job: Any) -> bytes | BufferList:
-        process = self.process
-        with self._lock:
-            self._current = (job.server, job.handle)
-            self._stopped = False
+    def _adopt_passed(self) -> None:
+        """The task process opened a connection: keep a copy of it (or it closed the channel)."""
+        assert self.channel is not None
         try:
-            sock = process.ensure_started()
-            if self._stopped:  # asked to stop while its task process was starting
-                raise self._stopped_before_start(job)
-            # The server that gave the job goes along: nested maps in the task use it.
-            send_job(sock, b"\0".join((job.handle, job.function.encode(), job.unique, job.server.encode())), job.data)
-            reader = process.reader
-            assert reader is not None
-            while True:
-                frame = reader.next()
-                if frame is None:
-                    how = process.reap()
-                    raise self._died(job, how)
-                kind, payload = frame
-                if kind == COMPLETE:
-                    return payload
-                if kind == EXCEPTION:
-                    raise WorkException(payload)
-                if kind == FAIL:
-                    raise JobFailed()
-                if kind == DATA:
-                    job.send_data(payload)
-                elif kind == WARNING:
-                    job.send_warning(payload)
-                elif kind == STATUS:
-                    numerator, denominator = payload.split(b"/")
-                    job.send_status(int(numerator), int(denominator))
-        except OSError as exc:  # the socket pair broke: the task process is gone
-            how = process.reap()
-            raise self._died(job, f"{how} ({exc})") from None
-        finally:
-            with self._lock:
-                self._current = None
-                if self._stopping is not None:
-                    self._stopping.cancel()
-                    self._stopping = None
+            message, fds, _, _ = socket.recv_fds(self.channel, 64, 8)
+        except OSError:
+            return
+        if not fds:
+            return
+        index = int(message.split(b":")[0])
+        old = self.connections.pop(index, None)
+        if old is not None:
+            old.close()
+        sock = socket.socket(fileno=fds[0])
+        self.connections[index] = sock
+        for extra in fds[1:]:
+            os.close(extra)
 
-    def _stopped_before_start(self, job: Any) -> WorkException:
-        call = _call_of(job.data)
-        error = TaskStopped("stopped before it started: its caller gave up on it")
-        if call is None:
-            return WorkException(f"gearnb worker: {error}".encode())
-        return WorkException(self.signer.sign_result(job.function.encode(), call, [envelope.encode_failure(error)]))
-
-    def _died(self, job: Any, how: str) -> WorkException:
-        """The answer for a job whose task process died: WorkerDied (or TaskStopped, when it
-        was killed because it did not stop when asked), signed for the job's call."""
-        stopped = self._stopped
-        # INFO: the caller hears of it (one error per task, after its attempts), the cell not
-        # once per restart.
-        log.info("the task process running job %r %s%s; starting another", job.handle, how,
-                    " after it did not stop when asked" if stopped else "")
-        error: BaseException = TaskStopped(f"stopped: the task process was {how}") if stopped else WorkerDied(how)
-        call = _call_of(job.data)
-        if call is None:  # not a signed call (it was refused): nothing to bind an answer to
-            return WorkException(f"gearnb worker: {error}".encode())
-        name = job.function.encode()
-        return WorkException(self.signer.sign_result(name, call, [envelope.encode_failure(error)]))
-
-    def stop(self, server: str, handles: set[bytes]) -> bool:
-        """Stop the task running the job ``(server, handle)`` if it is one of ``handles``
-        (from any thread): SIGINT now, SIGKILL after STOP_GRACE if it is still the same job."""
+    def _task_died(self, code: int) -> None:
+        how = describe_exit(code)
+        state, server, handle, call, writing = self.slot.read()
         with self._lock:
-            current = self._current
-            if current is None or current[0] != server or current[1] not in handles:
-                return False
-            self._stopped = True
-            self.process.signal(signal.SIGINT)  # nothing yet if its process is still starting
-            if self._stopping is None:
-                self._stopping = threading.Timer(STOP_GRACE, self._kill_if_still, (current,))
-                self._stopping.daemon = True
-                self._stopping.start()
-        log.info("stopping job %r of %s: its caller gave up on it", current[1], server)
+            stopped = self._stop_asked is not None and self._stop_asked == (server, handle)
+            self._stop_asked = None
+        keep = None
+        if state == RUNNING and writing != server + 1 and server in self.connections:
+            if self._answer(server, handle, call, how, stopped):
+                keep = server
+        for index in list(self.connections):
+            if index != keep or self.ssl_context is not None:
+                self.connections.pop(index).close()
+        log.info("the task process %s%s%s; starting another", how,
+                 f" while running job {handle!r}" if state == RUNNING else "",
+                 " after it did not stop when asked" if stopped else "")
+
+    def _answer(self, server: int, handle: bytes, call: tuple[bytes, CallId] | None, how: str, stopped: bool) -> bool:
+        """Answer the job the dead task process ran, on our copy of its connection."""
+        from ..protocol import PT, request
+
+        sock = self.connections[server]
+        if isinstance(sock, ssl.SSLSocket) or self.ssl_context is not None:
+            return False
+        if call is not None and self.signer is not None:
+            function, call_id = call
+            error: BaseException = TaskStopped(f"stopped: its process {how}") if stopped else WorkerDied(how)
+            answer = self.signer.sign_result(function, call_id, [envelope.encode_failure(error)])
+            packet = request(PT.WORK_EXCEPTION, handle, answer)
+        else:  # not a pyexec call, or not verified yet: a plain failure
+            packet = request(PT.WORK_FAIL, handle)
+        try:
+            sock.sendall(packet)
+        except OSError as exc:
+            log.info("could not answer job %r for its dead task process: %s", handle, exc)
+            return False
         return True
 
-    def _kill_if_still(self, job: tuple[str, bytes]) -> None:
+    # -- stopping a task on request (the control thread) --------------------------------------
+    def stop(self, server_address: str, handles: set[bytes]) -> bool:
+        """Stop the task running the job ``(server, handle)`` if it is one of ``handles``: SIGINT
+        now, SIGKILL after STOP_GRACE if it still runs the same job."""
         with self._lock:
-            if self._current == job:
-                self.process.signal(signal.SIGKILL)
+            state, server, handle, _, _ = self.slot.read()
+            if (state != RUNNING or server >= len(self.servers) or self.servers[server] != server_address
+                    or handle not in handles or self.proc is None):
+                return False
+            self._stop_asked = (server, handle)
+            proc = self.proc
+            proc.send_signal(signal.SIGINT)
+            timer = threading.Timer(STOP_GRACE, self._kill_if_still, (proc, server, handle))
+            timer.daemon = True
+            timer.start()
+        log.info("stopping job %r of %s: its caller gave up on it", handle, server_address)
+        return True
 
-    def close(self) -> None:
-        self.process.close()
-
-
-def _call_of(payload: bytes) -> CallId | None:
-    """The identity of the call a job's payload carries, read without checking its MAC: the
-    answer is signed over it, and only the caller that made this call can use that answer."""
-    if len(payload) < PREFIX_SIZE or not payload.startswith(MAGIC):
-        return None
-    return CallId(bytes(payload[len(MAGIC):len(MAGIC) + MAC_SIZE]),
-                  bytes(payload[len(MAGIC) + MAC_SIZE:PREFIX_SIZE]))
+    def _kill_if_still(self, proc: subprocess.Popen[bytes], server: int, handle: bytes) -> None:
+        with self._lock:
+            state, now_server, now_handle, _, _ = self.slot.read()
+            if proc is self.proc and proc.poll() is None and state == RUNNING and (now_server, now_handle) == (server, handle):
+                proc.kill()
 
 
 # -- the task process ------------------------------------------------------------------------
-class _RelayedJob:
-    """What a task sees as its job in the task process: the worker's Job, over the frames."""
+def task_main(argv: list[str]) -> int:
+    """A task process: ``SLOT_FD CHANNEL_FD`` then ``gearnb worker``'s own arguments."""
+    import argparse
 
-    __slots__ = ("handle", "function", "unique", "data", "server", "_sock")
-
-    def __init__(self, sock: socket.socket, handle: bytes, function: str, unique: bytes, data: bytes) -> None:
-        self._sock = sock
-        self.handle = handle
-        self.function = function
-        self.unique = unique
-        self.data = data
-        self.server = ""
-
-    def send_status(self, numerator: int, denominator: int) -> None:
-        send_frame(self._sock, STATUS, b"%d/%d" % (int(numerator), int(denominator)))
-
-    def send_data(self, data: bytes | str) -> None:
-        send_frame(self._sock, DATA, data.encode() if isinstance(data, str) else bytes(data))
-
-    def send_warning(self, data: bytes | str) -> None:
-        send_frame(self._sock, WARNING, data.encode() if isinstance(data, str) else bytes(data))
-
-
-def _idle(sock: socket.socket, runner: Any) -> None:
-    """Wait for the next job; meanwhile drop the shared values callers release (sharing.py),
-    so a finished map's data does not stay mapped in an idle worker."""
-    links = runner.links
-    while links is not None and links.filenos():
-        readable, _, _ = select.select([sock, *links.filenos()], [], [])
-        if sock in readable:
-            return
-        for link in readable:
-            links.poll(link)
-
-
-def task_main(fd: int, function_name: str) -> int:
-    """The task process: run the jobs its worker sends, one at a time, until it goes away."""
+    from ..launcher import load_functions
+    from ..worker import Worker
     from .keys import load_key
-    from .runner import PyexecRunner
+    from .runner import PYEXEC, PyexecRunner
 
     die_with_parent()
-    sock = socket.socket(fileno=fd)
-    key = load_key()
-    if not key:
-        return 2
-    os.environ.pop("GEARNB_KEY", None)  # user code in this process does not need the key
-    runner = PyexecRunner(key, function_name, worker_pid=os.getppid())
-    # SIGINT stops the running task (a KeyboardInterrupt there); between tasks it is ignored.
-    # Installed once: switching handlers around every task cost two system calls a task.
-    running = [False]
+    slot = JobSlot(int(argv[0]))
+    channel = socket.socket(fileno=int(argv[1]))
+    os.set_inheritable(channel.fileno(), False)  # a task's own children must not keep it
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--servers")
+    parser.add_argument("--import", dest="imports", action="append", default=[])
+    parser.add_argument("--client-id")
+    parser.add_argument("--job-timeout", type=float)
+    parser.add_argument("--no-exception-packets", dest="exception_packets", action="store_false")
+    args = parser.parse_args(argv[2:])
+    worker = Worker(args.servers, client_id=args.client_id, exception_packets=args.exception_packets, slot=slot)
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        if running[0]:
+    def passed(index: int, sock: socket.socket) -> None:
+        try:
+            socket.send_fds(channel, [b"%d:" % index], [sock.fileno()])
+        except OSError as exc:
+            log.warning("could not hand connection %d to the worker: %s", index, exc)
+
+    worker.on_connect = passed
+    for entry in filter(None, os.environ.pop(SOCKETS_ENV, "").split(",")):
+        index, fd = map(int, entry.split(":"))
+        worker.adopt(index, socket.socket(fileno=fd))
+    key = load_key()
+    os.environ.pop("GEARNB_KEY", None)  # user code in the task process does not need the key
+    runner = None
+    if key:
+        runner = PyexecRunner(key, slot=slot, worker_pid=os.getppid())  # the guard: its worker
+        worker.register(PYEXEC, runner, timeout=args.job_timeout)
+    load_functions(worker, args.imports)
+    links = runner.links if runner is not None else None
+    if links is not None:  # asleep, still drop the shared memory callers release
+        worker.extra_readers = lambda: [(link, lambda link=link: links.poll(link)) for link in links.filenos()]
+
+    def interrupt(signum: int, frame: Any) -> None:
+        # The guard asks a running pyexec task to stop; anything else goes on.
+        if runner is not None and slot.read()[0] == RUNNING:
             runner.stop(signum, frame)
 
-    signal.signal(signal.SIGINT, on_sigint)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    send_frame(sock, DATA, READY)
-    reader = FrameReader(sock)
-    while True:
-        if not reader.buffered():
-            _idle(sock, runner)
-        frame = reader.next()
-        if frame is None:
-            return 0
-        kind, head = frame
-        frame = reader.next()
-        if kind != JOB or frame is None:
-            return 0
-        handle, function, unique, server = head.split(b"\0", 3)
-        job = _RelayedJob(sock, handle, function.decode(errors="replace"), unique, frame[1])
-        job.server = server.decode(errors="replace")
-        try:
-            running[0] = True
-            try:
-                result = runner(job)
-            finally:
-                running[0] = False
-            send_frame(sock, COMPLETE, result)
-        except WorkException as exc:
-            send_frame(sock, EXCEPTION, exc.data)
-        except JobFailed:
-            send_frame(sock, FAIL)
-        except KeyboardInterrupt:  # stopped outside the calls themselves
-            call = _call_of(job.data)
-            answer = envelope.encode_failure(TaskStopped("stopped: its caller gave up on it"))
-            if call is None:
-                send_frame(sock, FAIL)
-            else:
-                send_frame(sock, EXCEPTION, runner.signer.sign_result(function, call, [answer]))
-        job = frame = head = result = None  # the job's data goes now, not when the next job comes
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    worker.work(handle_signals=False)
+    return 0
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    sys.exit(task_main(int(sys.argv[1]), sys.argv[2]))
+    sys.exit(task_main(sys.argv[1:]))

@@ -29,7 +29,7 @@ from ..buffers import BufferList
 from ..worker import Job
 from . import envelope, sharing
 from .replay import NotRun, ReplayGuard
-from .signing import CallId, RefusedPayload, Signer
+from .signing import MAC_SIZE, MAGIC, PREFIX_SIZE, CallId, RefusedPayload, Signer
 from .taskio import TaskChannel
 from .usercode import ModuleWatch
 
@@ -102,11 +102,15 @@ class _Deliver:
 class PyexecRunner:
     """Callable as a worker function: ``worker.register("pyexec", PyexecRunner(key))``."""
 
-    def __init__(self, key: bytes, function_name: str = PYEXEC, *, worker_pid: int | None = None) -> None:
+    def __init__(self, key: bytes, function_name: str = PYEXEC, slot: Any = None, *,
+                 worker_pid: int | None = None) -> None:
         self.signer = Signer(key)
+        # In a task process: the guard's JobSlot, told each job's call once it is verified, so
+        # the guard can answer for the call if this process dies (isolation.py).
+        self.slot = slot
         self._key = key  # for nested maps: task_cluster()
-        # A task process of its own (gearnb.pyexec.isolation) gives its worker's pid; a runner
-        # in the worker process itself runs tasks on the worker's thread.
+        # In a task process (gearnb.pyexec.isolation): its guard's pid, the worker a result's
+        # timing names; a runner in a worker process of its own runs tasks on its own thread.
         self.worker_pid = worker_pid
         self._pids = (worker_pid or os.getpid(), os.getpid())  # for the timing of every result
         self.channel = TaskChannel()
@@ -123,9 +127,30 @@ class PyexecRunner:
         self.stop_requested = False  # see stop()
 
     def __call__(self, job: Job) -> bytes | BufferList:
+        self.stop_requested = False
+        try:
+            return self._answer(job)
+        except KeyboardInterrupt:
+            if not self.stop_requested:
+                raise
+            # Stopped outside its calls (decoding, encoding): the whole job is answered so.
+            raise self._stopped(job) from None
+
+    def _stopped(self, job: Job) -> WorkException:
+        """The answer of a job stopped on its caller's request, signed for its call."""
+        data = job.data
+        if len(data) < PREFIX_SIZE or not data.startswith(MAGIC):
+            return WorkException(b"gearnb worker: stopped: its caller gave up on it")
+        call = CallId(bytes(data[len(MAGIC):len(MAGIC) + MAC_SIZE]), bytes(data[len(MAGIC) + MAC_SIZE:PREFIX_SIZE]))
+        error = TaskStopped("stopped: its caller gave up on it")
+        return WorkException(self.signer.sign_result(job.function.encode(), call, [envelope.encode_failure(error)]))
+
+    def _answer(self, job: Job) -> bytes | BufferList:
         name = job.function.encode()
         try:
             body, call = self.signer.verify_call(name, job.data)
+            if self.slot is not None:
+                self.slot.call(name, job.data)
             self.replay_guard.admit(call, job.handle)
         except NotRun as exc:
             log.warning("did not run job %r: %s", job.handle, exc)
@@ -229,7 +254,6 @@ class PyexecRunner:
             _cluster = (TaskCluster([server], self._key, f"{HOST}:{self._pids[0]}"),
                         None if self.worker_pid else threading.get_ident())
         _current = channel
-        self.stop_requested = False
         started = time.time()
         try:
             if not columns:
