@@ -356,7 +356,7 @@ def task_main(argv: list[str]) -> int:
     os.environ.pop("GEARNB_KEY", None)  # user code in the task process does not need the key
     runner = None
     if key:
-        runner = PyexecRunner(key, slot=slot)
+        runner = PyexecRunner(key, slot=slot, worker_pid=os.getppid())  # the guard: its worker
         worker.register(PYEXEC, runner, timeout=args.job_timeout)
     load_functions(worker, args.imports)
     links = runner.links if runner is not None else None
