@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The unhappy path: what a notebook user sees when a task misbehaves, side by side.
 
-    python bench/unhappy_path.py                    # every case, every column (about 5 minutes on 2 cores)
+    python bench/unhappy_path.py                    # every case, every column (5-7 minutes on 2 cores)
     python bench/unhappy_path.py --only gearnb,ppe --cases exit,endless
 
 Columns, each with 2 worker processes: gearnb (``gearnb.local(workers=2)``), gearnb through
@@ -12,9 +12,9 @@ gearmand (``gearmand`` and ``gearnb worker --processes 2``, a ``gearnb.Executor`
 * ``exit``, ``segfault``, ``sigkill``, ``sys.exit``: item 3 of a map of 8 calls ``os._exit(1)``,
   ``ctypes.string_at(0)``, SIGKILLs its own process, ``sys.exit(3)``: time until the caller
   gets an error, its type and first line, how often the task ran, how many processes were
-  started meanwhile, the time of the next 4-item map.
-* ``endless``: 4 endless tasks given up after 3 s, in the way each offers; the CPU the
-  framework's processes use 2-4 s later; the next map.
+  started and how many lines printed meanwhile, the time of the next 4-item map.
+* ``endless``: 4 endless tasks given up after 3 s, in the way each offers; how many of the
+  framework's processes still run 2-4 s later; the next map.
 * ``interrupt``: Jupyter's interrupt during a map of 200 half-second tasks - SIGINT to the
   caller's whole process group, which is what jupyter_client's ``interrupt_kernel()`` sends;
   the caller runs in a session of its own, as a kernel does. Then the next map, and how many
