@@ -18,8 +18,8 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "Admin": ".admin",
-    **dict.fromkeys(["as_completed", "call", "connect", "default_executor", "imap", "imap_unordered", "local", "map",
-                     "report", "shutdown", "submit", "wait"], ".api"),
+    **dict.fromkeys(["as_completed", "call", "connect", "default_executor", "imap", "imap_unordered", "last_task_stream",
+                     "local", "map", "report", "shutdown", "submit", "wait"], ".api"),
     **dict.fromkeys(["AsyncClient", "Client", "JobHandle", "JobStatus", "Task", "TaskSet"], ".client"),
     **dict.fromkeys(["GearmanError", "JobException", "JobFailed", "NoJobServers", "PacketTooLarge", "ProtocolError",
                      "ServerError", "TaskStopped", "WorkException", "WorkerDied"], ".errors"),
@@ -33,8 +33,8 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 if TYPE_CHECKING:
     from .admin import Admin
     from .api import (
-        as_completed, call, connect, default_executor, imap, imap_unordered, local, map, report, shutdown, submit,
-        wait,
+        as_completed, call, connect, default_executor, imap, imap_unordered, last_task_stream, local, map, report,
+        shutdown, submit, wait,
     )
     from .client import AsyncClient, Client, JobHandle, JobStatus, Task, TaskSet
     from .errors import (

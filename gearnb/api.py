@@ -1,8 +1,10 @@
 """The module-level API: ``gearnb.map``, ``submit``, ``connect``, ``local`` and friends.
 
 With no set-up, the first call starts a local cluster (bundled job server plus one worker
-process per CPU) and later calls reuse it. ``connect()`` - or GEARMAN_SERVERS together with
-GEARNB_KEY in the environment - points them at existing job servers instead.
+process per CPU) and later calls reuse it; while it starts, the map's progress panel (or, for
+other calls, a line) says so. ``connect()`` - or GEARMAN_SERVERS together with GEARNB_KEY in
+the environment - points them at existing job servers instead. Inside a task (a nested map)
+they use the cluster running the task: its job server and key (:func:`~gearnb.pyexec.runner.task_cluster`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from typing import Any, Callable, Iterable, Iterator
 from .cluster import LocalExecutor
 from .executor import Executor, GearnbFuture
 from .executor.mapping import PROGRESS_POLL
-from .progress import make_progress
+from .progress import ProgressTracker, StartNotice, make_progress, start_notice
 from .pyexec.keys import load_key
-from .pyexec.runner import report  # noqa: F401 - re-exported
+from .pyexec.runner import report, task_cluster  # noqa: F401 - report is re-exported
+from .visual.stream import TaskStream
 
 _default: Executor | None = None
 _lock = threading.Lock()
@@ -62,20 +65,63 @@ def local(workers: int | None = None, **options: Any) -> LocalExecutor:
     return LocalExecutor(workers, **options)
 
 
-def default_executor() -> Executor:
-    """The executor the module-level calls use, started on first use."""
+def default_executor(starting: ProgressTracker | None = None) -> Executor:
+    """The executor the module-level calls use, started on first use.
+
+    Inside a task, the cluster running it (nested maps: no cluster of its own); in a forked
+    child, its parent's; with GEARMAN_SERVERS and a key in the environment, those servers; else
+    a local cluster, whose start ``starting`` (a map's progress panel) or a line reports."""
     global _default
     with _lock:
         if _default is None:
-            if _inherited is not None:  # a forked child: the parent's servers and key
+            cluster = task_cluster()
+            if cluster is not None:
+                _default = Executor(cluster.servers, cluster.key, ssl=cluster.ssl)
+            elif _inherited is not None:  # a forked child: the parent's servers and key
                 _default = Executor(_inherited.servers, _inherited._key, ssl=_inherited.ssl,
                                     crash_attempts=_inherited.crash_attempts,
                                     max_packet_size=_inherited.client.max_packet_size)
             elif os.environ.get("GEARMAN_SERVERS") and load_key():
                 _default = Executor()
             else:
-                _default = LocalExecutor()
+                _default = _start_local(starting)
         return _default
+
+
+def _start_local(starting: ProgressTracker | None) -> LocalExecutor:
+    notice = starting if starting is not None else start_notice()
+    began = time.monotonic()
+    executor = LocalExecutor(on_start=notice.starting if notice is not None else None)
+    if isinstance(notice, StartNotice):
+        n = executor.cluster.n_workers
+        notice.close(f"gearnb: a local cluster of {n} worker{'s' if n != 1 else ''} started in "
+                     f"{time.monotonic() - began:.1f} s ({executor.servers[0]})")
+    return executor
+
+
+def _for_map(fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], progress: Any) -> tuple[Executor, Any]:
+    """The executor for a map, and its ``progress``: when the local cluster has to start
+    first, the map's panel appears at once and says so."""
+    if _default is not None or progress is False or (progress is not None and progress is not True):
+        return default_executor(), progress
+    try:
+        total = min(len(it) for it in iterables)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    label = getattr(fn, "__name__", None) or type(fn).__name__
+    tracker = make_progress(progress, total=total, label=label, workers=1)
+    return default_executor(starting=tracker), (tracker if tracker is not None else progress)
+
+
+def last_task_stream() -> TaskStream:
+    """The task stream of the latest map of the module-level calls: a bar per chunk on the
+    lane of the worker that ran it, from the workers' own timings. Display it (SVG),
+    ``.plot()`` for a matplotlib figure, ``.records`` for the data; also
+    ``executor.last_task_stream`` on any Executor."""
+    stream = _default.last_task_stream if _default is not None else None
+    if stream is None:
+        raise LookupError("no gearnb.map has run yet in this process: the task stream is that of the latest map")
+    return stream
 
 
 def shutdown() -> None:
@@ -88,22 +134,29 @@ def shutdown() -> None:
 
 
 def map(fn: Callable[..., Any], *iterables: Iterable[Any], chunksize: int | str = "auto", ordered: bool = True,
-        timeout: float | None = None, retries: int = 0, priority: str = "normal", progress: Any = None) -> list[Any]:
-    """``[fn(*args) for args in zip(*iterables)]``, run on the workers. Returns a list."""
-    return default_executor().gmap(fn, *iterables, chunksize=chunksize, ordered=ordered, timeout=timeout,
-                                   retries=retries, priority=priority, progress=progress)
+        timeout: float | None = None, retries: int = 0, priority: str = "normal", progress: Any = None,
+        output_limit: int | None = None) -> list[Any]:
+    """``[fn(*args) for args in zip(*iterables)]``, run on the workers. Returns a list.
+
+    ``output_limit``: characters of each task's print() output shown (default 256 KiB; the
+    rest is cut with a note)."""
+    executor, progress = _for_map(fn, iterables, progress)
+    return executor.gmap(fn, *iterables, chunksize=chunksize, ordered=ordered, timeout=timeout,
+                         retries=retries, priority=priority, progress=progress, output_limit=output_limit)
 
 
 def imap(fn: Callable[..., Any], *iterables: Iterable[Any], **options: Any) -> Iterator[Any]:
     """Lazy, ordered; the input is consumed with a bounded window of jobs in flight."""
     options.setdefault("chunksize", 1)
-    return default_executor().imap(fn, *iterables, **options)
+    executor, options["progress"] = _for_map(fn, iterables, options.get("progress"))
+    return executor.imap(fn, *iterables, **options)
 
 
 def imap_unordered(fn: Callable[..., Any], *iterables: Iterable[Any], **options: Any) -> Iterator[Any]:
     """Lazy, in completion order."""
     options.setdefault("chunksize", 1)
-    return default_executor().imap_unordered(fn, *iterables, **options)
+    executor, options["progress"] = _for_map(fn, iterables, options.get("progress"))
+    return executor.imap_unordered(fn, *iterables, **options)
 
 
 def submit(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> GearnbFuture:

@@ -14,7 +14,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from .admin import Admin
 from .executor import Executor
@@ -58,6 +58,7 @@ class LocalCluster:
         self._started = threading.Event()
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._report: Callable[[str], None] | None = None
 
     @property
     def server(self) -> Any:
@@ -69,7 +70,11 @@ class LocalCluster:
         return self.supervisor.restarts
 
     # -- lifecycle ----------------------------------------------------------------------
-    def start(self) -> LocalCluster:
+    def start(self, report: Callable[[str], None] | None = None) -> LocalCluster:
+        """Start the server and the workers; returns once every worker serves pyexec.
+        ``report(text)`` hears how far it got (``starting 4 workers… 1/4 ready``), on this thread."""
+        self._report = report
+        self._say(f"starting {self.n_workers} worker{'s' if self.n_workers != 1 else ''}…")
         self._thread = threading.Thread(target=self._run, name="gearnb-local-cluster", daemon=True)
         self._thread.start()
         self._started.wait(START_TIMEOUT)
@@ -135,14 +140,27 @@ class LocalCluster:
         supervisor.stop(names=[n for n in supervisor.children if n != SERVER])
         supervisor.stop(names=[SERVER])
 
+    def _say(self, text: str) -> None:
+        if self._report is not None:
+            try:
+                self._report(text)
+            except Exception as exc:  # noqa: BLE001 - a view that cannot draw must not stop the start
+                log.debug("start report failed: %s", exc)
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         last: Exception | None = None
+        ready = -1
         while time.monotonic() < deadline:
             try:
                 with Admin(self.address, timeout=2) as admin:
-                    if sum(s.workers for s in admin.status() if s.function == PYEXEC) >= self.n_workers:
-                        return
+                    count = sum(s.workers for s in admin.status() if s.function == PYEXEC)
+                if count != ready:
+                    ready = count
+                    self._say(f"starting {self.n_workers} worker{'s' if self.n_workers != 1 else ''}… "
+                              f"{min(count, self.n_workers)}/{self.n_workers} ready")
+                if count >= self.n_workers:
+                    return
             except OSError as exc:
                 last = exc
             server = self.server
@@ -173,13 +191,15 @@ class LocalCluster:
 
 
 class LocalExecutor(Executor):
-    """An Executor over its own LocalCluster; closing it stops the cluster. ``max_packet_size``
+    """An Executor over its own LocalCluster; closing it stops the cluster. ``on_start(text)``
+    hears how the start goes (see :meth:`LocalCluster.start`). ``max_packet_size``
     (gearnb.limits) holds for the executor, the job server and the workers."""
 
-    def __init__(self, workers: int | None = None, **options: Any) -> None:
+    def __init__(self, workers: int | None = None, *, on_start: Callable[[str], None] | None = None,
+                 **options: Any) -> None:
         self.cluster = LocalCluster(workers, imports=tuple(options.pop("imports", ())),
                                     job_retries=options.pop("job_retries", None),
-                                    max_packet_size=options.get("max_packet_size")).start()
+                                    max_packet_size=options.get("max_packet_size")).start(on_start)
         super().__init__(self.cluster.address, key=self.cluster.key, **options)
 
     def worker_pids(self) -> list[int]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import msgpack
 import numpy as np
 import pytest
 
 import gearnb
-from gearnb.pyexec import envelope
+from gearnb.pyexec import envelope, taskio
 from gearnb.buffers import BufferList
 from gearnb.pyexec import signing
 from gearnb.pyexec.keys import BadKey, key_from_text, load_key
@@ -93,7 +95,9 @@ def test_runner_calls_and_captures_output():
     assert not failed
     result = envelope.decode_result(result_body(answer, payload))
     assert result["values"] == [5]
-    assert ("data", b"hello 2\n") in job.sent and ("status", (1, 2)) in job.sent
+    # The output goes in one batch at the end of the job (gearnb.pyexec.taskio), tagged with its call.
+    batch = taskio.encode_batch(0, [(0, taskio.STDOUT, b"hello 2\n")])
+    assert ("data", batch) in job.sent and ("status", (1, 2)) in job.sent
 
 
 def test_function_cache_and_need_code():
@@ -145,7 +149,9 @@ EXECUTED = []
 
 
 def _mark():
-    EXECUTED.append(1)
+    # This module's own list, also from a copy of this function sent by value (gearnb sends the
+    # functions of modules outside site-packages by value: gearnb/pyexec/usercode.py).
+    sys.modules[__name__].EXECUTED.append(1)
     return "ran"
 
 

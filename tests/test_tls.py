@@ -140,6 +140,10 @@ def test_binding_beyond_loopback_warns():
         assert message and "no authentication" in message and "127.0.0.1" in message
 
 
+def nested_sum(x: int) -> int:
+    return sum(gearnb.map(abs, [x, -x], progress=False))
+
+
 class TlsSniffer:
     """A TCP relay in front of a job server that notes the first byte of every connection
     before passing bytes both ways: 0x16 opens a TLS handshake; plain Gearman starts with NUL
@@ -205,8 +209,8 @@ class TlsSniffer:
 
 def test_a_tls_only_cluster_map_cancel_worker_count_and_status(certs, tmp_path):
     """Every connection gearnb makes - the workers' (guard, task process, control function), the
-    Executor's jobs, its worker count, its cancel and its stop of a running task, ``gearnb
-    status`` - speaks TLS with a client certificate: a relay in front of the
+    Executor's jobs, its worker count, its cancel and its stop of a running task, a nested map
+    in a task, ``gearnb status`` - speaks TLS with a client certificate: a relay in front of the
     server sees a TLS handshake open each one, and the server refuses plain text (main: cancel
     and worker_count connected in plain text, and connect() and the commands had no TLS)."""
     server = GearnbProcess("--ssl-cert", str(certs / "server.pem"), "--ssl-key", str(certs / "server.key"),
@@ -229,6 +233,8 @@ def test_a_tls_only_cluster_map_cancel_worker_count_and_status(certs, tmp_path):
         ex = gearnb.connect(relay.address, key=KEY, ssl=context)
         assert gearnb.map(lambda x: x * 2, range(50), progress=False) == [x * 2 for x in range(50)]
         assert ex.worker_count() == 2
+        # A nested map connects from the task process as its worker does: over TLS.
+        assert gearnb.map(nested_sum, [1, 2], progress=False) == [2, 4]
 
         gate = tmp_path / "go"
 

@@ -23,7 +23,9 @@ from ..pyexec import envelope
 from ..pyexec.control import stop_jobs
 from ..pyexec.sharing import ValueStore, value_store
 from ..pyexec.keys import NO_KEY_HELP
+from ..pyexec.runner import TIMING
 from ..pyexec.signing import CallId, RefusedPayload, Signer, worker_refusal
+from ..pyexec.taskio import DEFAULT_OUTPUT_LIMIT
 from ..worker_text import shown
 
 if TYPE_CHECKING:
@@ -46,11 +48,12 @@ class PyexecCalls:
     """Encodes, submits, decodes and cancels the pyexec jobs of one executor."""
 
     def __init__(self, client: Client, signer: Signer | None, function: bytes, *, show_output: bool = True,
-                 ssl: Any = None) -> None:
+                 ssl: Any = None, output_limit: int = DEFAULT_OUTPUT_LIMIT) -> None:
         self.client = client
         self._signer = signer
         self.function = function
         self.show_output = show_output
+        self.output_limit = output_limit  # characters of output shown per task (taskio)
         self.ssl = ssl  # for the admin connections of cancel()
         self._store: ValueStore | None | bool = False  # False: not looked up yet
 
@@ -70,16 +73,19 @@ class PyexecCalls:
 
     # -- out ------------------------------------------------------------------------------
     def job(self, blob: FunctionBlob, chunk: Chunk, with_code: bool, priority: str,
-            listener: Callable[[Submission, int, Any], None], sharer: Sharer | None = None) -> Submission:
+            listener: Callable[[Submission, int, Any], None], sharer: Sharer | None = None,
+            options: dict[str, Any] | None = None) -> Submission:
         """The signed pyexec job of ``chunk``'s calls: a map chunk's argument columns, or one
-        call with keyword arguments. ``sharer``: takes large buffers out of the job."""
+        call with keyword arguments. ``sharer``: takes large buffers out of the job;
+        ``options``: how the worker runs the calls (taskio's output limit)."""
         store = self.store
         address = None if store is None else store.address
         if chunk.kwargs is None:
-            parts = envelope.encode_map_chunk(blob, chunk.columns, with_code, sharer, address)
+            parts = envelope.encode_map_chunk(blob, chunk.columns, with_code, sharer, address, options)
         else:
             args = tuple(column[0] for column in chunk.columns)
-            parts = envelope.encode_call_parts(blob, [(args, chunk.kwargs)], with_code, False, sharer, address)
+            parts = envelope.encode_call_parts(blob, [(args, chunk.kwargs)], with_code, False, sharer, address,
+                                               options)
         # A new call (nonce) each time it is sent: a retry, a resend with the code or after a
         # worker said it did not run it (envelope.SignAgain) counts ``after`` the last one.
         payload, chunk.call = self.signer.sign_call(self.function, parts, after=chunk.call)
@@ -91,10 +97,10 @@ class PyexecCalls:
         self.client.submit_many(jobs)
 
     # -- back -----------------------------------------------------------------------------
-    def outcome(self, sub: Submission, call: CallId) -> tuple[list[Any], dict[int, BaseException]]:
-        """Values and per-call exceptions of an ended job, the answer to ``call``; raises for
-        the job as a whole (:class:`envelope.NeedCode`, a refused payload, WORK_FAIL, the
-        server's ERROR)."""
+    def outcome(self, sub: Submission, call: CallId) -> tuple[list[Any], dict[int, BaseException], Any]:
+        """Values and per-call exceptions of an ended job, the answer to ``call``, and when and
+        where the worker ran it (the runner's TIMING, or None); raises for the job as a whole
+        (:class:`envelope.NeedCode`, a refused payload, WORK_FAIL, the server's ERROR)."""
         if sub.error is not None:
             raise sub.error
         if sub.successful:
@@ -122,16 +128,22 @@ class PyexecCalls:
         if "fail" in msg:
             raise envelope.rebuild_error(msg["fail"])
         errors = {int(i): envelope.rebuild_error(r) for i, r in msg.get("e", {}).items()}
-        return msg["values"], errors
+        return msg["values"], errors, msg.get(TIMING)
 
-    def print_output(self, context: contextvars.Context, stream: str, tag: str, data: bytes) -> None:
-        """A task's print() (stdout, WORK_DATA) or stderr (WORK_WARNING), marked with ``tag``.
+    def print_output(self, context: contextvars.Context, out: str, err: str) -> None:
+        """Text of tasks' output, tagged and neutralised (:meth:`Run.show_output`): one write
+        per stream, no flush - the stream sends it on its own schedule (ipykernel: every
+        0.2 s, a cell's output together), so output of any volume makes few messages.
 
-        Printed on the I/O thread but in the calling thread's context: ipykernel uses a
+        Written on the I/O thread but in the calling thread's context: ipykernel uses a
         context variable to decide which cell output belongs to.
         """
         if self.show_output:
-            context.run(_print_marked, stream, tag, data)
+            context.run(_write, out, err)
+
+    def flush_output(self, context: contextvars.Context) -> None:
+        """Send what was written now (a run ended: its output before its result)."""
+        context.run(_flush)
 
     # -- cancelling -----------------------------------------------------------------------
     def cancel(self, jobs: list[Submission], stop_running: bool = False) -> list[bool]:
@@ -177,11 +189,16 @@ class PyexecCalls:
         return dropped
 
 
-def _print_marked(stream_name: str, tag: str, data: bytes) -> None:
-    stream = getattr(sys, stream_name)
-    text = shown(data)  # worker text is data: no control sequences reach the cell
-    lines = text.splitlines(keepends=True)
-    stream.write("".join(tag + line for line in lines))
-    if lines and not lines[-1].endswith("\n"):
-        stream.write("\n")
-    stream.flush()
+def _write(out: str, err: str) -> None:
+    if out:
+        sys.stdout.write(out)
+    if err:
+        sys.stderr.write(err)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed stream: nothing to send it to
+            pass

@@ -19,6 +19,8 @@ from ..client import Client
 from ..pyexec.keys import load_key
 from ..pyexec.signing import Signer
 from ..pyexec.runner import PYEXEC
+from ..pyexec.taskio import DEFAULT_OUTPUT_LIMIT
+from ..visual.stream import TaskStream
 from .calls import PyexecCalls
 from .futures import GearnbFuture
 from .mapping import MapRun
@@ -41,7 +43,7 @@ class Executor(concurrent.futures.Executor):
     def __init__(self, servers: ServerSpec = None, key: bytes | str | None = None, *,
                  key_file: str | None = None, function: str = PYEXEC, show_output: bool = True,
                  ssl: Any = None, crash_attempts: int = DEFAULT_CRASH_ATTEMPTS,
-                 max_packet_size: int | str | None = None) -> None:
+                 output_limit: int = DEFAULT_OUTPUT_LIMIT, max_packet_size: int | str | None = None) -> None:
         resolved = load_key(key, key_file)
         # A task whose worker process dies (exits, segfaults, is killed) is tried this many
         # times in all, each time in a fresh process, then fails with gearnb.WorkerDied.
@@ -53,8 +55,12 @@ class Executor(concurrent.futures.Executor):
         self.servers = self.client.servers
         self.ssl = ssl
         # Without a key, plain Gearman calls (call()) still work; Python callables need one.
+        # show_output: tasks' print() and stderr in the calling cell, each task's cut at
+        # output_limit characters (a map's or submit's output_limit= overrides it).
         self.calls = PyexecCalls(self.client, Signer(resolved) if resolved else None, function.encode(),
-                                 show_output=show_output, ssl=ssl)
+                                 show_output=show_output, ssl=ssl, output_limit=output_limit)
+        # The task stream of the latest map (from its start): which worker ran which chunk, when.
+        self.last_task_stream: TaskStream | None = None
         self.function = self.calls.function
         self._shutdown = False
         self._futures: set[GearnbFuture] = set()
@@ -118,7 +124,7 @@ class Executor(concurrent.futures.Executor):
     # -- gearnb's map family ------------------------------------------------------------------
     def gmap(self, fn: Callable[..., Any], *iterables: Iterable[Any], **options: Any) -> list[Any]:
         """``map`` returning a list, with ``chunksize`` ("auto" or int), ``ordered``,
-        ``timeout``, ``retries``, ``priority`` and ``progress``."""
+        ``timeout``, ``retries``, ``priority``, ``progress`` and ``output_limit``."""
         options.setdefault("chunksize", "auto")
         return MapRun(self, fn, iterables, **options).collect()
 

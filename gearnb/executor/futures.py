@@ -7,6 +7,9 @@ import concurrent.futures
 import time
 from typing import TYPE_CHECKING, Any, Generator
 
+from ..pyexec.runner import task_cluster
+from .runs import HELP_AFTER
+
 if TYPE_CHECKING:
     from .runs import CallRun
 
@@ -40,6 +43,23 @@ class GearnbFuture(concurrent.futures.Future):
     def server(self) -> str | None:
         job = self.run.job if self.run is not None else None
         return job.server if job is not None else None
+
+    def result(self, timeout: float | None = None) -> Any:
+        """As concurrent.futures; inside a task (nested), it runs the call itself if no worker
+        takes it (see :data:`~gearnb.executor.runs.HELP_AFTER`): a task waiting for its
+        cluster never deadlocks it."""
+        if self.run is not None and not self.done() and task_cluster() is not None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not self.done():
+                wait = HELP_AFTER if deadline is None else min(HELP_AFTER, deadline - time.monotonic())
+                if wait <= 0:
+                    break
+                concurrent.futures.wait([self], wait)
+                if not self.done():
+                    self.run.help()
+            if deadline is not None:
+                timeout = max(deadline - time.monotonic(), 0.0)
+        return super().result(timeout)
 
     def cancel(self, force: bool = False) -> bool:
         if self.done():

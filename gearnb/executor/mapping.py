@@ -6,6 +6,10 @@ flight, so an input iterator is consumed lazily and a million-item map does not 
 million jobs up front), settles the chunks that ended (decoding is its CPU work, not the I/O
 thread's) and yields values in order or as they come. Closing it - finished, failed, timed
 out, interrupted - cancels what it still has queued on the job servers.
+
+Its progress tracker hears of items submitted, items done on workers inside running chunks
+(reported by the workers) and chunks settled; its task stream (``executor.last_task_stream``)
+gets a bar per settled chunk. Inside a task it helps (``_help``): see ``runs.HELP_AFTER``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from ..progress import ProgressTracker, make_progress
-from .runs import Chunk, Piece, Run, noted
+from ..visual.stream import TaskStream
+from ..pyexec.runner import task_cluster
+from .runs import HELP_AFTER, Chunk, Piece, Run, noted
 
 if TYPE_CHECKING:
     from .executor import Executor
@@ -101,12 +107,14 @@ class MapRun(Run):
         window: int = DEFAULT_WINDOW,
         progress: Any = None,
         crash_attempts: int | None = None,
+        output_limit: int | None = None,
     ) -> None:
         if not iterables:
             raise TypeError("map() needs at least one iterable")
         workers = executor.worker_count()
         super().__init__(executor.calls, fn, retries=retries, priority=priority, code_sends=2 * workers,
-                         crash_attempts=executor.crash_attempts if crash_attempts is None else crash_attempts)
+                         crash_attempts=executor.crash_attempts if crash_attempts is None else crash_attempts,
+                         output_limit=output_limit)
         self.total = _length(iterables)
         if chunksize == "auto":
             chunksize = auto_chunksize(self.total, workers)
@@ -124,14 +132,23 @@ class MapRun(Run):
         self.backlog: list[Chunk] = []
         self.resume_at = 0.0
         self.backoff = BACKOFF_FIRST
+        # Which worker ran which chunk, when (the workers' own timings): the executor keeps the
+        # last map's (gearnb.last_task_stream()), and the progress panel draws it live.
+        self.stream = executor.last_task_stream = TaskStream()
         self.progress = make_progress(progress, total=self.total, label=self.label,
                                       workers=workers if progress is not False else 1)
+        if isinstance(self.progress, ProgressTracker):
+            self.progress.attach(workers=workers, chunksize=chunksize, stream=self.stream)
         self._tick = getattr(self.progress, "tick", None)
+        # Workers report how many items of a running chunk are done (gearnb.pyexec.taskio).
+        self.progress_running = getattr(self.progress, "running", None)
         self.events: queue.SimpleQueue[Chunk] = queue.SimpleQueue()  # chunks that ended
         self.in_flight: dict[int, Chunk] = {}  # id(chunk) -> chunk
         self.closed = False
         self.stopped: str | None = None  # why it ended early, for the progress panel
         self.done = 0
+        # Inside a task: run queued chunks here when the cluster is busy (runs.HELP_AFTER).
+        self.helping = task_cluster() is not None
 
     def chunk_ended(self, chunk: Chunk) -> None:  # on the I/O thread
         self.events.put(chunk)  # settled by the iterating thread
@@ -260,14 +277,26 @@ class MapRun(Run):
                 # Wake up now and then to redraw progress on this (the calling) thread.
                 self._tick()
                 remaining = PROGRESS_POLL if remaining is None else min(remaining, PROGRESS_POLL)
+            if self.helping:
+                remaining = HELP_AFTER if remaining is None else min(remaining, HELP_AFTER)
             try:
                 return self.events.get(timeout=remaining)
             except queue.Empty:
+                if self.helping:
+                    self._help()
                 continue
+
+    def _help(self) -> None:
+        """Inside a task, nothing ended for HELP_AFTER: run the latest queued chunk here."""
+        waiting = [c for c in self.in_flight.values() if c.sub is not None and c.local is None]
+        # The latest sent is the last in the server's queue: the least likely to start soon.
+        if waiting and self.take_back_and_run(waiting[-1]):
+            self.events.put(waiting[-1])
 
     def _settle(self, chunk: Chunk) -> list[Piece]:
         """Settle an ended chunk (Run.settle) and act on it: resend, back off, count."""
-        del self.in_flight[id(chunk)]
+        if self.in_flight.pop(id(chunk), None) is None:
+            return []  # settled already: a chunk run here, whose cancelled job also ended
         settled = self.settle(chunk)
         if settled.backlog:
             # Backpressure: the queue is full. Keep the chunk and send fewer at a time: halve
@@ -286,13 +315,14 @@ class MapRun(Run):
         if not errors and not settled.resend and self.window < self.max_window:
             self.window += 1
             self.backoff = BACKOFF_FIRST
+        ended = chunk.sub  # its job is over, even when the chunk goes again as a new one
         if settled.resend:
             for again in settled.resend:
                 self.in_flight[id(again)] = again
             self.send(settled.resend)
         items = sum(len(piece[1]) for piece in settled.pieces)
-        if self.progress is not None and items:
-            self.progress.finished(items, errors, chunk.sub)
+        if self.progress is not None:
+            self.progress.finished(items, errors, ended)
         self.done += items
         return settled.pieces
 
@@ -308,6 +338,7 @@ class MapRun(Run):
                                   stop_running=True)
             self.release_shared(list(self.in_flight.values()) + self.backlog)
             self.in_flight.clear()
+            self.flush_output()
             if isinstance(self.progress, ProgressTracker):
                 self.progress.close(self.stopped)
             elif self.progress is not None:  # a progress object of the caller's (make_progress)

@@ -11,20 +11,33 @@ server queue). Order of calls: ``Run.send(chunks)`` -> each chunk's job ends on 
 the thread iterating a map (:class:`~gearnb.executor.mapping.MapRun`, so decoding is the
 caller's CPU work), or the I/O thread itself for a ``submit()`` (:class:`CallRun`: no thread
 waits for it).
+
+While a chunk runs, its worker's WORK_DATA batches (:mod:`gearnb.pyexec.taskio`) come to
+``Chunk.event`` on the I/O thread: the output goes to :meth:`Run.show_output` (each line tagged
+with its item) and the count of items done to the progress. A settled chunk's worker timing
+goes to the run's task stream (:meth:`Run.record`). Inside a task, a run whose jobs no worker
+takes runs them itself (:meth:`Run.take_back_and_run`, see ``HELP_AFTER``).
 """
 
 from __future__ import annotations
 
 import contextvars
+import io
+import os
+import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 from ..client.submission import EV_DATA, EV_END, EV_STATUS, EV_WARNING, Submission
 from ..errors import PacketTooLarge, ServerError, WorkerDied
-from ..pyexec import envelope
-from ..pyexec.envelope import FunctionBlob
+from ..pyexec import envelope, taskio
+from ..pyexec.runner import HOST, task_cluster
 from ..pyexec.sharing import RunShares
 from ..pyexec.signing import RefusedPayload
+from ..visual.stream import TaskRecord, TaskStream
+from ..worker_text import shown
+from .modules import function_blob
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -35,6 +48,15 @@ SMALL_CODE = 8 * 1024  # bytes of pickled function that always travel with every
 # A task whose process dies is tried this many times in all, each time in a fresh process, as
 # dask does (distributed.scheduler.allowed-failures): a crash is often the task's own doing.
 DEFAULT_CRASH_ATTEMPTS = 3
+# Inside a task (a nested map, or future.result()), the caller is one of its cluster's tasks:
+# when none of its jobs ended for this long, it takes a queued one back from the job server and
+# runs it itself (Run.take_back_and_run). Tasks that wait for jobs of their own cluster would
+# otherwise deadlock it once every worker runs one; this way they always finish, in parallel as
+# far as workers are free. Short: the waiting task's process has nothing else to do.
+HELP_AFTER = 0.1
+# The task stream's lane for runs whose task process died: they carry no worker timing, so
+# their bars are the caller's view (sent -> answered).
+LOST_LANE = "(task process died)"
 
 # A settled piece of a run: (first index, values of consecutive indices, {offset: exception}).
 Piece = tuple[int, list[Any], dict[int, BaseException]]
@@ -46,7 +68,7 @@ class Chunk:
     for a single ``submit()`` call, its keyword arguments (``kwargs``; None for a map)."""
 
     __slots__ = ("run", "indices", "columns", "kwargs", "attempts", "crashes", "sub", "with_code", "call",
-                 "inline", "tokens")
+                 "inline", "tokens", "sent_at", "local")
 
     def __init__(self, run: Run, indices: Sequence[int], columns: list[list[Any]],
                  kwargs: dict[str, Any] | None = None) -> None:
@@ -61,6 +83,8 @@ class Chunk:
         self.call = None  # the CallId of its latest job: only that call's result is accepted
         self.inline = False  # its worker could not reach shared memory: buffers go in the job
         self.tokens: list[bytes] = []  # the shared values its job carries (pyexec/sharing.py)
+        self.sent_at = 0.0  # time.time() when its latest job was sent
+        self.local: tuple[list[Any], dict[int, BaseException], list[Any]] | None = None  # run here: see Run.help
 
     def event(self, sub: Submission, event: int, argument: Any) -> None:
         """The listener of this chunk's job (on the I/O thread)."""
@@ -69,9 +93,14 @@ class Chunk:
         run = self.run
         if event == EV_END:
             run.chunk_ended(self)
-        elif event == EV_DATA or event == EV_WARNING:
-            tag = f"[{run.label}{'' if run.single else f' #{self.indices[0]}'}] "
-            run.calls.print_output(run.context, "stdout" if event == EV_DATA else "stderr", tag, argument)
+        elif event == EV_DATA:
+            done, records = taskio.decode_batch(argument)
+            if records:
+                run.show_output(self, records)
+            if done is not None and run.progress_running is not None:
+                run.progress_running(sub, done, len(self.indices))
+        elif event == EV_WARNING:  # stderr of a gearnb worker from before batches
+            run.show_output(self, [(0, taskio.STDERR, argument)])
         elif event == EV_STATUS and run.progress is not None:
             run.progress.status(sub, *argument)
 
@@ -118,18 +147,24 @@ class Run:
     """One function's calls, sent as chunks; see the module docstring."""
 
     single = False  # one call (submit): its output is tagged without an item number
+    stream: TaskStream | None = None  # where a map records its tasks' runs
+    progress_running: Callable[[Any, int, int], None] | None = None  # the progress's per-item report
 
     def __init__(self, calls: PyexecCalls, fn: Callable[..., Any], *, retries: int = 0,
                  priority: str = "normal", progress: Any = None, code_sends: int = 1,
-                 crash_attempts: int = DEFAULT_CRASH_ATTEMPTS) -> None:
+                 crash_attempts: int = DEFAULT_CRASH_ATTEMPTS, output_limit: int | None = None) -> None:
         self.calls = calls
         self.crash_attempts = max(1, crash_attempts)
-        self.blob = FunctionBlob(fn)
+        self.blob = function_blob(fn)
         self.label = getattr(fn, "__name__", None) or type(fn).__name__
         self.retries = retries
         self.priority = priority
         self.progress = progress
+        # How the workers run the calls: only what differs from their defaults travels.
+        limit = calls.output_limit if output_limit is None else output_limit
+        self.options = None if limit == taskio.DEFAULT_OUTPUT_LIMIT else {"ol": int(limit)}
         self.context = contextvars.copy_context()  # worker output goes to the calling cell
+        self.printed = False
         # The function's code goes with the first chunks, enough for each worker to see it
         # once (a worker without it answers "need code" and the chunk makes a second trip);
         # small code always goes along, which costs less than that trip.
@@ -144,6 +179,7 @@ class Run:
     def send(self, chunks: list[Chunk]) -> None:
         """Encode, sign and submit ``chunks`` (in one hand-over to the I/O thread)."""
         jobs = []
+        now = time.time()
         shares = self.shares
         for chunk in chunks:
             with_code = chunk.with_code or self.code_sends_left > 0
@@ -151,11 +187,13 @@ class Run:
             sharer = None if shares is None or chunk.inline else shares.for_chunk()
             carried = chunk.tokens
             try:
-                chunk.sub = self.calls.job(self.blob, chunk, with_code, self.priority, chunk.event, sharer)
+                chunk.sub = self.calls.job(self.blob, chunk, with_code, self.priority, chunk.event, sharer,
+                                           self.options)
             except BaseException:  # an argument that does not pickle: the run ends here
                 if shares is not None:
                     shares.close()
                 raise
+            chunk.sent_at = now
             jobs.append(chunk.sub)
             chunk.tokens = [] if sharer is None else sharer.tokens
             if sharer is not None:
@@ -170,6 +208,35 @@ class Run:
     def chunk_ended(self, chunk: Chunk) -> None:  # on the I/O thread
         raise NotImplementedError
 
+    # -- output ------------------------------------------------------------------------------
+    def show_output(self, chunk: Chunk, records: list[taskio.Record]) -> None:
+        """A batch of a chunk's output (on the I/O thread): each line tagged with the item that
+        printed it, a batch's lines written together (one write per stream)."""
+        if not self.calls.show_output:
+            return
+        label, indices = self.label, chunk.indices
+        out: list[str] = []
+        err: list[str] = []
+        for offset, stream, data in records:
+            if self.single:
+                tag = f"[{label}] "
+            else:
+                tag = f"[{label} #{indices[offset] if 0 <= offset < len(indices) else indices[0]}] "
+            lines = shown(data).splitlines(keepends=True)
+            block = tag + tag.join(lines)
+            if lines and not lines[-1].endswith("\n"):
+                block += "\n"
+            (err if stream == taskio.STDERR else out).append(block)
+        self.printed = True
+        self.calls.print_output(self.context, "".join(out), "".join(err))
+
+    def flush_output(self) -> None:
+        """Send what the run printed to the cell now (at its end), not a stream's interval later."""
+        if self.printed:
+            self.printed = False
+            self.calls.flush_output(self.context)
+
+    # -- outcomes ----------------------------------------------------------------------------
     def settle(self, chunk: Chunk) -> Settled:
         """Decode an ended chunk; say what is settled and what must be sent again."""
         settled = self._decide(chunk)
@@ -197,9 +264,12 @@ class Run:
 
     def _decide(self, chunk: Chunk) -> Settled:
         sub = chunk.sub
-        assert sub is not None
         try:
-            values, errors = self.calls.outcome(sub, chunk.call)
+            if chunk.local is not None:  # taken back from the job server and run here
+                values, errors, timing = chunk.local
+            else:
+                assert sub is not None
+                values, errors, timing = self.calls.outcome(sub, chunk.call)
         except envelope.NeedInline:
             chunk.inline = True
             return Settled([], [chunk])
@@ -207,11 +277,13 @@ class Run:
             chunk.with_code = True
             return Settled([], [chunk])
         except WorkerDied as died:
+            self.record(chunk, None, {0: died})
             return self._died(chunk, died)
         except BaseException as exc:  # the whole chunk failed (job failed, refused, no server)
             if isinstance(exc, ServerError) and exc.code == "QUEUE_ERROR":
                 return Settled([], [], backlog=True)
-            values, errors = [None] * len(chunk.indices), {i: exc for i in range(len(chunk.indices))}
+            values, errors, timing = [None] * len(chunk.indices), {i: exc for i in range(len(chunk.indices))}, None
+        self.record(chunk, timing, errors)
         retry = [i for i in sorted(errors) if chunk.attempts < self.retries and _retryable(errors[i])]
         pieces = _pieces(chunk.indices, values, errors, set(retry))
         if not retry:
@@ -221,6 +293,63 @@ class Run:
         again.attempts = chunk.attempts + 1
         return Settled(pieces, [again])
 
+    # -- inside a task: helping -----------------------------------------------------------
+    def take_back_and_run(self, chunk: Chunk) -> bool:
+        """Inside a task: take ``chunk``'s job back from its job server if no worker has it yet
+        (admin ``cancel job``) and run its calls in this process; True if it was. Its result is
+        then ``chunk.local``, settled like an answer."""
+        sub = chunk.sub
+        if sub is None or sub.finished or chunk.local is not None:
+            return False
+        if not self.calls.cancel([sub])[0]:
+            return False  # a worker runs it: its answer will come
+        chunk.sub = None  # whatever the server still says of that job is not this chunk's
+        fn, kwargs = self.blob.fn, chunk.kwargs or {}
+        values: list[Any] = []
+        errors: dict[int, BaseException] = {}
+        started = time.time()
+        saved = sys.stdout, sys.stderr
+        for i, args in enumerate(zip(*chunk.columns)):
+            # Its output is tagged with its item, as a worker's would be (show_output).
+            sys.stdout, sys.stderr = out, err = io.StringIO(), io.StringIO()
+            try:
+                values.append(fn(*args, **kwargs))
+            except Exception as exc:  # noqa: BLE001 - the item's error, as from a worker
+                values.append(None)
+                errors[i] = exc
+            finally:
+                sys.stdout, sys.stderr = saved
+            records = [(i, stream, text.getvalue().encode(errors="replace"))
+                       for stream, text in ((taskio.STDOUT, out), (taskio.STDERR, err)) if text.getvalue()]
+            if records:
+                self.show_output(chunk, records)
+        cluster = task_cluster()
+        host, _, worker_pid = (cluster.worker if cluster else f"{HOST}:{os.getpid()}").rpartition(":")
+        chunk.local = (values, errors, [started, time.time(), host, worker_pid, os.getpid()])
+        return True
+
+    def record(self, chunk: Chunk, timing: list[Any] | None, errors: dict[int, BaseException]) -> None:
+        """Add the run of ``chunk`` to the task stream: the worker's own times and identity;
+        a task whose process died has none, and gets the caller's (on a lane of its own)."""
+        stream = self.stream
+        if stream is None:
+            return
+        indices = chunk.indices
+        task = f"#{indices[0]}" if len(indices) == 1 else f"#{indices[0]}-{indices[-1]}"
+        error = ""
+        if errors:
+            first = errors[min(errors)]
+            error = type(first).__name__
+        attempt = 1 + chunk.attempts + chunk.crashes
+        try:
+            start, end, host, worker_pid, task_pid = timing  # type: ignore[misc]
+            worker, process = f"{host}:{worker_pid}", f"{host}:{task_pid}"
+            start, end = float(start), max(float(end), float(start))
+        except (TypeError, ValueError):
+            start, end = chunk.sent_at, max(time.time(), chunk.sent_at)
+            worker, process = LOST_LANE, ""
+        stream.add(TaskRecord(task, worker, start, end, ok=not errors, attempt=attempt, error=error,
+                              items=len(indices), process=process))
 
     def _died(self, chunk: Chunk, died: WorkerDied) -> Settled:
         """The process running the chunk died: try again in a fresh one, each item on its own
@@ -251,8 +380,10 @@ class CallRun(Run):
 
     def __init__(self, calls: PyexecCalls, fn: Callable[..., Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any], future: concurrent.futures.Future, *, retries: int = 0,
-                 priority: str = "normal", crash_attempts: int = DEFAULT_CRASH_ATTEMPTS) -> None:
-        super().__init__(calls, fn, retries=retries, priority=priority, crash_attempts=crash_attempts)
+                 priority: str = "normal", crash_attempts: int = DEFAULT_CRASH_ATTEMPTS,
+                 output_limit: int | None = None) -> None:
+        super().__init__(calls, fn, retries=retries, priority=priority, crash_attempts=crash_attempts,
+                         output_limit=output_limit)
         self.future = future
         self.chunk = Chunk(self, range(1), [[arg] for arg in args], kwargs)
         future.add_done_callback(lambda _: self.release_shared([self.chunk]))
@@ -288,6 +419,7 @@ class CallRun(Run):
             self.chunk = settled.resend[0]
             self.send(settled.resend)
             return
+        self.flush_output()  # the call's output reaches the cell before its result
         if settled.backlog:  # a full queue fails a single call at once
             assert chunk.sub is not None and chunk.sub.error is not None
             self.future.set_exception(chunk.sub.error)
@@ -302,6 +434,26 @@ class CallRun(Run):
         """Drop the call's job from its server's queue if no worker took it yet; with
         ``force``, also stop it where it runs."""
         return cancel_calls([self], force)[0]
+
+    def help(self) -> bool:
+        """Inside a task: run the call here if no worker has taken it yet (see HELP_AFTER)."""
+        chunk = self.chunk
+        if self.future.done():
+            return False
+        with self._lock:  # as cancel_calls: the end of a job taken back is not the call's end
+            self._cancelling = True
+        taken = False
+        try:
+            taken = self.take_back_and_run(chunk)
+        finally:
+            with self._lock:
+                self._cancelling = False
+                ended, self._ended_while_cancelling = self._ended_while_cancelling, None
+            if ended is not None and not taken:
+                self._settle_into_future(ended)
+        if taken:
+            self._settle_into_future(chunk)
+        return taken
 
 
 def cancel_calls(runs: list[CallRun], force: bool = False) -> list[bool]:

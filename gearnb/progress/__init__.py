@@ -1,5 +1,8 @@
 """Live progress for map / imap / as_completed: an ipywidgets panel in Jupyter, one text line
-on a terminal, nothing in logs. ``progress=False`` turns it off, ``True`` forces it."""
+on a terminal, nothing in logs. ``progress=False`` turns it off, ``True`` forces it.
+
+:func:`make_progress` makes a map's tracker; :func:`start_notice` a line saying what starts
+(the local cluster) for calls without a panel (``submit``)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from typing import Any
 
 from .tracker import ProgressTracker, Snapshot, describe
 
-__all__ = ["ProgressTracker", "Snapshot", "describe", "make_progress"]
+__all__ = ["ProgressTracker", "Snapshot", "StartNotice", "describe", "make_progress", "start_notice"]
 
 
 def in_jupyter_kernel() -> bool:
@@ -41,4 +44,43 @@ def make_progress(progress: Any, *, total: int | None, label: str, workers: int)
         from .text import TextView
 
         return ProgressTracker(TextView(sys.stderr), total=total, label=label, workers=workers)
+    return None
+
+
+class StartNotice:
+    """One line that says what is starting, updated in place: an HTML output in Jupyter (no
+    widget needed), a carriage-return line on a terminal."""
+
+    def __init__(self, jupyter: bool) -> None:
+        self.jupyter = jupyter
+        self.handle: Any = None
+
+    def starting(self, text: str) -> None:
+        self._show(text)
+
+    def close(self, text: str) -> None:
+        self._show(text, last=True)
+
+    def _show(self, text: str, last: bool = False) -> None:
+        if self.jupyter:
+            from IPython.display import HTML, display
+
+            import html
+
+            shown = HTML(f"<span class='gearnb-start' style='font-family:monospace'>{html.escape(text)}</span>")
+            if self.handle is None:
+                self.handle = display(shown, display_id=True)
+            else:
+                self.handle.update(shown)
+        else:
+            sys.stderr.write("\r\x1b[2K" + text + ("\n" if last else ""))
+            sys.stderr.flush()
+
+
+def start_notice() -> StartNotice | None:
+    """A :class:`StartNotice` where someone watches (a Jupyter kernel, a terminal), else None."""
+    if in_jupyter_kernel():
+        return StartNotice(jupyter=True)
+    if sys.stderr is not None and sys.stderr.isatty():
+        return StartNotice(jupyter=False)
     return None

@@ -26,7 +26,7 @@ class View(Protocol):
 
 class Snapshot:
     __slots__ = ("label", "total", "done", "failed", "in_flight", "running", "queued", "rate", "eta",
-                 "elapsed", "tasks", "finished", "stopped")
+                 "elapsed", "tasks", "finished", "stopped", "phase", "stream")
 
     def __init__(self, **values: Any) -> None:
         for name in self.__slots__:
@@ -34,26 +34,57 @@ class Snapshot:
 
 
 class ProgressTracker:
-    """What MapRun reports to: ``submitted``, ``finished``, ``status``, ``close``."""
+    """What MapRun reports to: ``submitted``, ``running``, ``finished``, ``status``, ``close``.
+
+    Counts are items: ``done`` (finished on a worker, including those of chunks still running,
+    which workers report as they go), ``running`` and ``queued`` (the rest of those in flight).
+    A chunk is known to run once its worker reported on it (a chunk running longer than
+    ``gearnb.pyexec.taskio.REPORT_INTERVAL`` does); of the others, as many chunks as there are
+    workers not known to be busy count as running.
+    """
 
     def __init__(self, view: View, *, total: int | None, label: str, workers: int) -> None:
         self.view = view
         self.total = total
         self.label = label
         self.workers = max(workers, 1)
+        self.chunksize = 1
+        self.stream: Any = None  # the map's TaskStream, which a view may draw
         self.started = time.monotonic()
         self.done = 0
         self.failed = 0
         self.in_flight = 0
         self.task_status: dict[int, tuple[str, int, int]] = {}  # id(task) -> (name, n, d)
+        self.reported: dict[int, tuple[int, int]] = {}  # id(task) -> (items done, items) of running chunks
+        self.phase: str | None = None  # before the map starts: "starting 4 workers…"
         self._lock = threading.Lock()
         self._last_draw = 0.0
         self._closed = False
 
+    def attach(self, *, workers: int, chunksize: int, stream: Any = None) -> None:
+        """The map's shape, once it is known (the tracker may exist before, see :meth:`starting`)."""
+        with self._lock:
+            self.workers = max(workers, 1)
+            self.chunksize = max(chunksize, 1)
+            self.stream = stream
+            self.phase = None
+            self.started = time.monotonic()
+
     # -- events ---------------------------------------------------------------------------
+    def starting(self, text: str) -> None:
+        """Before the map: what is being started (the local cluster), shown at once."""
+        with self._lock:
+            self.phase = text
+        self.tick(force=True)
+
     def submitted(self, items: int) -> None:
         with self._lock:
             self.in_flight += items
+
+    def running(self, task: Any, done: int, items: int) -> None:
+        """A worker runs ``task``, ``done`` of its ``items`` finished (on the I/O thread)."""
+        with self._lock:
+            self.reported[id(task)] = (min(max(done, 0), items), items)
 
     def finished(self, items: int, failed: int = 0, task: Any = None) -> None:
         with self._lock:
@@ -62,6 +93,7 @@ class ProgressTracker:
             self.failed += failed
             if task is not None:
                 self.task_status.pop(id(task), None)
+                self.reported.pop(id(task), None)
 
     def status(self, task: Any, numerator: int, denominator: int) -> None:
         """WORK_STATUS from inside a task (``gearnb.report``); called on the I/O thread."""
@@ -73,20 +105,25 @@ class ProgressTracker:
     def snapshot(self, finished: bool = False, stopped: str | None = None) -> Snapshot:
         with self._lock:
             elapsed = time.monotonic() - self.started
-            rate = self.done / elapsed if elapsed > 0 else 0.0
-            # Gearman does not tell a client when a job starts, so "running" is what the
-            # workers can hold; tasks that reported status are certainly running.
-            running = min(self.in_flight, max(self.workers, len(self.task_status)))
+            partial = sum(done for done, _ in self.reported.values())
+            known = sum(items - done for done, items in self.reported.values())
+            busy = len(self.reported)
+            unknown = max(self.in_flight - sum(items for _, items in self.reported.values()), 0)
+            # Gearman does not tell a client when a job starts: chunks not reported on yet
+            # count as running as far as there are workers not known to be busy.
+            running = known + min(unknown, max(self.workers - busy, 0) * self.chunksize)
+            done = self.done + partial
             if finished:  # the map has stopped: whatever it left is not running any more
-                running = 0
-            remaining = (self.total - self.done) if self.total is not None else None
+                running, done = 0, self.done
+            rate = done / elapsed if elapsed > 0 else 0.0
+            remaining = (self.total - done) if self.total is not None else None
             eta = remaining / rate if remaining is not None and rate > 0 else None
             tasks = sorted(self.task_status.values())[:MAX_TASK_BARS]
-            return Snapshot(label=self.label, total=self.total, done=self.done, failed=self.failed,
+            return Snapshot(label=self.label, total=self.total, done=done, failed=self.failed,
                             in_flight=self.in_flight, running=running,
-                            queued=0 if finished else self.in_flight - running,
+                            queued=0 if finished else max(self.in_flight - partial - running, 0),
                             rate=rate, eta=eta, elapsed=elapsed, tasks=tasks, finished=finished,
-                            stopped=stopped)
+                            stopped=stopped, phase=self.phase, stream=self.stream)
 
     def tick(self, force: bool = False) -> None:
         """Redraw if the last redraw is old enough (throttled)."""
@@ -106,7 +143,10 @@ class ProgressTracker:
 
 
 def describe(s: Snapshot) -> str:
-    """One line: ``12/100 done · 2 running · 86 queued · 0 failed · 31.2/s · ETA 3s``."""
+    """One line: ``12/100 done · 2 running · 86 queued · 0 failed · 31.2/s · ETA 3s`` (items),
+    or before the map starts, what is starting: ``starting 4 workers… 2/4 ready``."""
+    if s.phase and not s.finished:
+        return s.phase
     total = "?" if s.total is None else str(s.total)
     parts = [f"{s.done}/{total} done", f"{s.running} running", f"{s.queued} queued"]
     if s.failed:

@@ -251,13 +251,16 @@ class FunctionBlob:
         self.size = len(self.code) + sum(raw.nbytes for raw in self.buffers)
 
 
-def _call_msg(blob: FunctionBlob, with_code: bool, chunk: bool, store: bytes | None) -> dict[str, Any]:
+def _call_msg(blob: FunctionBlob, with_code: bool, chunk: bool, store: bytes | None,
+              options: dict[str, Any] | None = None) -> dict[str, Any]:
     msg: dict[str, Any] = {
         "v": FORMAT_VERSION, "py": PYTHON_VERSION, "cp": CLOUDPICKLE_VERSION, "fd": blob.digest,
         "ch": chunk,
     }
     if store is not None:
         msg["sa"] = store  # the caller's value store (sharing.py): where large results may go
+    if options:  # how to run the calls (plain data): {"ol": output limit}
+        msg["o"] = options
     if with_code:
         msg["fc"] = blob.code
         if blob.buffers:
@@ -267,11 +270,12 @@ def _call_msg(blob: FunctionBlob, with_code: bool, chunk: bool, store: bytes | N
 
 def encode_call_parts(blob: FunctionBlob, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
                       with_code: bool, chunk: bool, sharer: Sharer | None = None,
-                      store: bytes | None = None) -> list[Part]:
+                      store: bytes | None = None, options: dict[str, Any] | None = None) -> list[Part]:
     """The body of a call, in parts: one ``(args, kwargs)`` or, with ``chunk``, several.
     ``sharer``: takes large buffers out of the job (:mod:`.sharing`); ``store``: the caller's
-    value store address, where a worker may deliver a large result."""
-    return pack_parts(_call_msg(blob, with_code, chunk, store), "a",
+    value store address, where a worker may deliver a large result; ``options``: how the
+    worker runs the calls."""
+    return pack_parts(_call_msg(blob, with_code, chunk, store, options), "a",
                       [[list(args), kwargs] for args, kwargs in calls], sharer,
                       blob.buffers if with_code else None)
 
@@ -284,11 +288,12 @@ def encode_call(blob: FunctionBlob, calls: list[tuple[tuple[Any, ...], dict[str,
 
 
 def encode_map_chunk(blob: FunctionBlob, columns: list[list[Any]], with_code: bool,
-                     sharer: Sharer | None = None, store: bytes | None = None) -> list[Part]:
+                     sharer: Sharer | None = None, store: bytes | None = None,
+                     options: dict[str, Any] | None = None) -> list[Part]:
     """The body of a map chunk, in parts: call ``i`` is ``fn(columns[0][i], columns[1][i], ...)``
     (no keyword arguments). One msgpack list per argument position, built without a
     per-item list or dict."""
-    return pack_parts(_call_msg(blob, with_code, True, store), "c", columns, sharer,
+    return pack_parts(_call_msg(blob, with_code, True, store, options), "c", columns, sharer,
                       blob.buffers if with_code else None)
 
 
@@ -392,8 +397,11 @@ def rebuild_error(record: dict[str, Any]) -> BaseException:
 
 
 def encode_result_parts(values: list[Any], errors: dict[int, dict[str, Any]],
-                        sharer: Sharer | None = None) -> list[Part]:
+                        sharer: Sharer | None = None, extra: dict[str, Any] | None = None) -> list[Part]:
+    """``extra``: plain-data fields the result carries besides its values (the runner's timing)."""
     msg: dict[str, Any] = {"v": FORMAT_VERSION}
+    if extra:
+        msg.update(extra)
     if errors:
         msg["e"] = errors
     return pack_parts(msg, "r", values, sharer)

@@ -345,9 +345,9 @@ def task_main(argv: list[str]) -> int:
     args = parser.parse_args(argv[2:])
     from ..tls import client_context_from
 
+    context = client_context_from(args.ssl_ca, args.ssl_cert, args.ssl_key)
     worker = Worker(args.servers, client_id=args.client_id, exception_packets=args.exception_packets, slot=slot,
-                    max_packet_size=args.max_packet_size,
-                    ssl=client_context_from(args.ssl_ca, args.ssl_cert, args.ssl_key))
+                    max_packet_size=args.max_packet_size, ssl=context)
 
     def passed(index: int, sock: socket.socket) -> None:
         try:
@@ -363,7 +363,7 @@ def task_main(argv: list[str]) -> int:
     os.environ.pop("GEARNB_KEY", None)  # user code in the task process does not need the key
     runner = None
     if key:
-        runner = PyexecRunner(key, slot=slot)
+        runner = PyexecRunner(key, slot=slot, worker_pid=os.getppid(), ssl=context)  # the guard: its worker
         worker.register(PYEXEC, runner, timeout=args.job_timeout)
     load_functions(worker, args.imports)
     links = runner.links if runner is not None else None

@@ -3,18 +3,26 @@
 Registered on every gearnb worker as the Gearman function ``pyexec``. For each job, in this
 order: the call's signature (:meth:`Signer.verify_call`), the replay guard (fresh, not run
 here before: :class:`ReplayGuard`) - nothing is unpacked before both pass; then the envelope,
-the function (cached by digest), the calls; the answer is signed over the call's identity.
-A refusal goes back as plain unsigned text (WORK_EXCEPTION), which callers show, never unpickle.
+the function (cached by digest), the calls, each with its output going to the caller through
+a :class:`~gearnb.pyexec.taskio.TaskChannel` (tagged with the call, batched, cut at the call's
+output limit); the answer is signed over the call's identity and carries when the calls ran
+and where (:data:`TIMING`). A refusal goes back as plain unsigned text (WORK_EXCEPTION), which
+callers show, never unpickle.
+
+Inside a task, :func:`task_cluster` names the cluster running it, so that ``gearnb.map`` and
+``gearnb.submit`` there use it (nested maps) rather than start a cluster of their own.
 """
 
 from __future__ import annotations
 
-import io
 import logging
-import pickle
+import os
+import socket
 import sys
+import threading
+import time
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, NamedTuple
 
 from ..errors import TaskStopped, WorkException
 from ..buffers import BufferList
@@ -22,6 +30,8 @@ from ..worker import Job
 from . import envelope, sharing
 from .replay import NotRun, ReplayGuard
 from .signing import MAC_SIZE, MAGIC, PREFIX_SIZE, CallId, RefusedPayload, Signer
+from .taskio import TaskChannel
+from .usercode import ModuleWatch
 
 log = logging.getLogger("gearnb.pyexec")
 
@@ -33,8 +43,26 @@ FUNCTION_CACHE_SIZE = 256
 # shared (a function's shared buffers are dropped when its caller releases them, at the end of
 # its map): a few 200 MB captured datasets.
 FUNCTION_CACHE_BYTES = 1 << 30
+# The result field saying when the job's calls ran and where:
+# [start, end (time.time() of the worker's host), host, worker pid, task process pid].
+TIMING = "tm"
+HOST = socket.gethostname()
 
-_current: Job | None = None  # the job this process is running, for report()
+
+
+class TaskCluster(NamedTuple):
+    """The cluster running a task, as the task sees it (see :func:`task_cluster`)."""
+
+    servers: list[str]  # the job server that handed out the task
+    key: bytes
+    worker: str  # "host:pid" of the worker running the task, as its results' timings name it
+    ssl: Any = None  # the worker's TLS context: a nested map connects as the worker does
+
+
+_current: TaskChannel | None = None  # the channel of the job this process is running, for report()
+# The cluster running the current task, for nested maps, and the thread running it (None in a
+# task process of its own, where every thread belongs to the task).
+_cluster: tuple[TaskCluster, int | None] | None = None
 
 
 def report(done: int, total: int) -> None:
@@ -42,33 +70,21 @@ def report(done: int, total: int) -> None:
 
     Outside a gearnb worker it does nothing, so the same function runs locally too.
     """
-    job = _current
-    if job is not None:
-        job.send_status(done, total)
+    channel = _current
+    if channel is not None:
+        channel.send_status(done, total)
 
 
-class _JobStream(io.TextIOBase):
-    """sys.stdout / sys.stderr inside a task: whole lines go to the caller as they are written
-    (stdout as WORK_DATA, stderr as WORK_WARNING); the rest when the task ends."""
-
-    def __init__(self, send: Callable[[bytes], None]) -> None:
-        self._send = send
-        self._buffer = ""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        self._buffer += text
-        if "\n" in self._buffer:
-            whole, _, self._buffer = self._buffer.rpartition("\n")
-            self._send((whole + "\n").encode(errors="replace"))
-        return len(text)
-
-    def flush(self) -> None:
-        if self._buffer:
-            text, self._buffer = self._buffer, ""
-            self._send(text.encode(errors="replace"))
+def task_cluster() -> TaskCluster | None:
+    """Inside a task: the job server that handed it out and the cluster key, which
+    ``gearnb.map`` / ``submit`` in the task use (nested maps). None outside a task."""
+    cluster = _cluster
+    if _current is None or cluster is None:
+        return None
+    found, thread = cluster
+    if thread is not None and thread != threading.get_ident():
+        return None  # a worker thread in this process runs a task; this thread is not it
+    return found
 
 
 class _Deliver:
@@ -87,16 +103,25 @@ class _Deliver:
 class PyexecRunner:
     """Callable as a worker function: ``worker.register("pyexec", PyexecRunner(key))``."""
 
-    def __init__(self, key: bytes, function_name: str = PYEXEC, slot: Any = None) -> None:
+    def __init__(self, key: bytes, function_name: str = PYEXEC, slot: Any = None, *,
+                 worker_pid: int | None = None, ssl: Any = None) -> None:
         self.signer = Signer(key)
+        self.ssl = ssl  # the worker's TLS context, for nested maps: task_cluster()
         # In a task process: the guard's JobSlot, told each job's call once it is verified, so
         # the guard can answer for the call if this process dies (isolation.py).
         self.slot = slot
+        self._key = key  # for nested maps: task_cluster()
+        # In a task process (gearnb.pyexec.isolation): its guard's pid, the worker a result's
+        # timing names; a runner in a worker process of its own runs tasks on its own thread.
+        self.worker_pid = worker_pid
+        self._pids = (worker_pid or os.getpid(), os.getpid())  # for the timing of every result
+        self.channel = TaskChannel()
         self.function_name = function_name.encode()
         # digest -> (function, tokens of its shared buffers, bytes of its buffers sent inline)
         self.functions: OrderedDict[bytes, tuple[Any, frozenset[bytes], int]] = OrderedDict()
         self._function_bytes = 0
         self.replay_guard = ReplayGuard()
+        self.module_watch = ModuleWatch()  # edited files of modules tasks imported by name
         # Connections to callers' value stores (large values through shared memory, sharing.py).
         self.links = sharing.StoreLinks() if sharing.available() else None
         if self.links is not None:
@@ -142,6 +167,9 @@ class PyexecRunner:
         if self.links is not None:
             self.links.poll()  # values its callers released meanwhile
         try:
+            if self.module_watch.drop_changed():
+                self.functions.clear()  # they may hold the old modules' objects
+                self._function_bytes = 0
             msg = envelope.decode_call(body)
             store = msg.get("sa")
             try:
@@ -155,17 +183,21 @@ class PyexecRunner:
                 return self.signer.sign_result(name, call, [envelope.encode_need_code()])
             columns = envelope.call_columns(msg)
             calls = envelope.call_arguments(msg) if columns is None else columns
+            options = msg.get("o")
+            limit = options.get("ol") if isinstance(options, dict) else None
         except Exception as exc:  # noqa: BLE001 - reported to the caller
             if isinstance(exc, ModuleNotFoundError):
                 exc = ModuleNotFoundError(
-                    f"{exc} on the worker: pickles refer to importable modules by name. Install the module "
-                    f"where the workers run, or call cloudpickle.register_pickle_by_value(module) before "
-                    f"submitting to send its code along", name=exc.name)
+                    f"{exc} on the worker: workers import installed packages from their own Python; install "
+                    f"it where the workers run. Your own modules (outside site-packages) travel with the "
+                    f"call once the caller has imported them", name=exc.name)
             raise WorkException(self.signer.sign_result(name, call, [envelope.encode_failure(exc)])) from None
         try:
-            result = self._run(job, fn, calls, columns is not None, self._result_sharer(store, call))
+            result = self._run(job, fn, calls, columns is not None, self._result_sharer(store, call), limit)
         except TaskStopped as exc:
             raise WorkException(self.signer.sign_result(name, call, [envelope.encode_failure(exc)])) from None
+        finally:
+            self.module_watch.note_imported()  # what this job imported, as its files are now
         if not msg.get("ch") and 0 in result[1]:
             # A single call that raised: WORK_EXCEPTION, so Gearman tools see a failure.
             raise WorkException(self.signer.sign_result(name, call, result[2]))
@@ -206,25 +238,31 @@ class PyexecRunner:
             return None
         return _Deliver(self.links, store, call.nonce)
 
-    def _run(self, job: Job, fn: Any, calls: Any, columns: bool = False,
-             sharer: Any = None) -> tuple[list[Any], dict[int, Any], list[Any]]:
+    def _run(self, job: Job, fn: Any, calls: Any, columns: bool = False, sharer: Any = None,
+             output_limit: int | None = None) -> tuple[list[Any], dict[int, Any], list[Any]]:
         """Call ``fn`` on each of ``calls`` (``(args, kwargs)`` pairs, or with ``columns`` the
         argument columns of a map chunk); returns values, error records and the result body.
 
         Whatever a call raises is that call's error, ``BaseException`` included (``sys.exit``,
         a KeyboardInterrupt raised by the task itself): the worker carries on. A stop asked for
         by the caller (:meth:`stop`, SIGINT in a task process) ends the whole chunk."""
-        global _current
+        global _current, _cluster
         values: list[Any] = []
         errors: dict[int, dict[str, Any]] = {}
-        out = _JobStream(job.send_data)
-        err = _JobStream(job.send_warning)
+        channel = self.channel
+        channel.begin(job, output_limit)
         saved = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = out, err
-        _current = job
+        sys.stdout, sys.stderr = channel.stdout, channel.stderr
+        server = getattr(job, "server", "")
+        if server:
+            _cluster = (TaskCluster([server], self._key, f"{HOST}:{self._pids[0]}", self.ssl),
+                        None if self.worker_pid else threading.get_ident())
+        _current = channel
+        started = time.time()
         try:
             if not columns:
                 for index, (args, kwargs) in enumerate(calls):
+                    channel.current = index
                     try:
                         values.append(fn(*args, **kwargs))
                     except BaseException as exc:  # noqa: BLE001 - goes back to the caller
@@ -232,26 +270,29 @@ class PyexecRunner:
             elif len(calls) == 1:  # map(fn, items): the common case, one argument per call
                 append = values.append
                 for index, item in enumerate(calls[0]):
+                    channel.current = index
                     try:
                         append(fn(item))
                     except BaseException as exc:  # noqa: BLE001 - goes back to the caller
                         append(self._failed(index, exc, errors))
             else:
                 for index, args in enumerate(zip(*calls)):
+                    channel.current = index
                     try:
                         values.append(fn(*args))
                     except BaseException as exc:  # noqa: BLE001 - goes back to the caller
                         values.append(self._failed(index, exc, errors))
         finally:
+            ended = time.time()
             _current = None
             sys.stdout, sys.stderr = saved
-            out.flush()
-            err.flush()
+            channel.end()
+        timing = [started, ended, HOST, *self._pids]
         try:
-            body = envelope.encode_result_parts(values, errors, sharer)
+            body = envelope.encode_result_parts(values, errors, sharer, {TIMING: timing})
         except Exception as exc:  # noqa: BLE001 - a result that does not serialise
             errors = {i: envelope.error_record(exc) for i in range(len(values))}
-            body = envelope.encode_result_parts([None] * len(values), errors)
+            body = envelope.encode_result_parts([None] * len(values), errors, extra={TIMING: timing})
         return values, errors, body
 
     def _failed(self, index: int, exc: BaseException, errors: dict[int, dict[str, Any]]) -> None:

@@ -13,8 +13,10 @@ Where records come from:
   records: JOB_ASSIGN starts a run on the worker it went to, that worker's WORK_COMPLETE /
   WORK_FAIL / WORK_EXCEPTION ends it, the worker's connection closing mid-job fails it; a
   job assigned again (the server's own retry) is the next attempt. Times are the server's.
-* :meth:`TaskStream.add` takes records made elsewhere: the timings gearnb workers report
-  with each result (start, end, pid, host), with the attempt and outcome the map knows.
+* :meth:`TaskStream.add` takes records made elsewhere: every map makes its stream so
+  (:mod:`gearnb.executor.runs`, ``Run.record``) from the timings gearnb workers send with each
+  result (start and end on the worker's clock, host, worker pid, task process pid), with the
+  attempt and outcome the map knows: ``gearnb.last_task_stream()``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class TaskRecord:
     ``end`` are seconds on one clock (``time.time()`` on the worker); ``attempt`` is 1 for the
     first run and counts retries; ``ok`` is False for a run that raised, failed or lost its
     worker, and ``error`` then says how. ``items``: the map items the task carried.
+    ``process``: the process that ran it, when the worker runs its tasks in a task process of
+    its own (``"host:pid"``).
     """
 
     task: str
@@ -50,6 +54,7 @@ class TaskRecord:
     attempt: int = 1
     error: str = ""
     items: int = 1
+    process: str = ""
 
     def __post_init__(self) -> None:
         if self.end < self.start:
@@ -86,7 +91,8 @@ class Bar:
         outcome = "ok" if r.ok else f"failed: {r.error or 'error'}"
         retry = f", attempt {r.attempt}" if r.attempt > 1 else ""
         items = f", {r.items} items" if r.items != 1 else ""
-        return f"{r.task} on {r.worker}: {r.duration * 1000:,.1f} ms, {outcome}{retry}{items}"
+        process = f" (task process {r.process})" if r.process and r.process != r.worker else ""
+        return f"{r.task} on {r.worker}{process}: {r.duration * 1000:,.1f} ms, {outcome}{retry}{items}"
 
 
 @dataclass(frozen=True)

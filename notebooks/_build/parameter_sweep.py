@@ -28,7 +28,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import gearnb
-import gearnb.visual
 
 
 def amplitude(frequency, damping, t_end=150.0, dt=0.005):
@@ -62,14 +61,11 @@ len(grid)
 """),
     md("""
 `chunksize=1` makes each simulation its own Gearman job, so every one reports its own progress.
-The first call starts the local cluster: a gearnb job server and one worker process per CPU.
-Starting it first, with `gearnb.default_executor()`, lets a **task stream** record the sweep:
-`gearnb.visual.task_stream` watches the job server hand out jobs and notes which worker ran
-each one, from when to when (the server's JOB_ASSIGN to the worker's WORK_COMPLETE).
+The first call starts the local cluster - a gearnb job server and one worker process per CPU -
+and the panel says so while it starts. Once the sweep has run for a second, the panel also
+draws its **task stream**: which worker ran each simulation, from when to when.
 """),
     code("""
-executor = gearnb.default_executor()  # the local cluster: a job server and worker processes
-stream = gearnb.visual.task_stream(executor.servers[0])
 peaks = gearnb.map(amplitude, omegas, zetas, chunksize=1)
 """),
     code("""
@@ -100,15 +96,16 @@ fig.tight_layout()
     md("""
 ## Where the sweep ran
 
-The task stream of the sweep: a lane per worker process, a bar per simulation from the
-moment the job server handed it out to the moment its result came back (red for a task that
-failed, marked for a retry). Each simulation integrates the same number of steps, so the
-bars differ only by what else the machine was doing; the thin gaps between them are the
-workers asking for their next job. Hover over a bar for its job handle and duration. (The
-times are the job server's, for now; they include the trip to the worker and back.)
+`gearnb.last_task_stream()` is the task stream of the latest map, from the workers' own
+timings: each result says when its task started and ended (on the worker's clock) and which
+worker process ran it (host and pid of the worker, and of the task process it runs tasks in).
+A lane per worker, a bar per simulation (red for a task that failed, marked for a retry).
+Each simulation integrates the same number of steps, so the bars differ only by what else the
+machine was doing; the gaps between them are the trips from a worker to the job server and
+back for its next job. Hover over a bar for its item, worker, task process and duration.
 """),
     code("""
-stream.stop()
+stream = gearnb.last_task_stream()
 assert len(stream) == len(grid) and all(r.ok and r.start <= r.end for r in stream.records)
 print(stream.text())
 stream
