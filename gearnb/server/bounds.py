@@ -2,8 +2,11 @@
 
 The bounds, with the numbers the README states:
 
-* **Memory.** ``JobServer.held`` counts the data of every job the server keeps and the declared
-  size of every large packet (``BIG_PACKET`` and up) being received. A large packet is read
+* **Memory.** ``JobServer.held`` counts the data of every large job the server keeps and the
+  declared size of every large packet (``BIG_PACKET`` and up, 64 KiB) being received. Small
+  jobs are not counted: their packets are never held up (counting them would cost every job
+  two additions and gate nothing of theirs; measured with bench/server_cpu.py), and their
+  number is gearmand's ``maxqueue``'s to bound. A large packet is read
   only while ``held`` stays within ``max_memory`` (default: half the machine's RAM); past it,
   the server stops reading from that connection until jobs end (the peer's sends block, as
   TCP does), first come first served. Two exceptions keep the server live: the reports of a
@@ -30,7 +33,7 @@ The bounds, with the numbers the README states:
 Order of calls: the core calls :meth:`Bounds.connection_made` / :meth:`connection_lost` for
 every connection, :meth:`first_items` for a connection's first reads, the ``LARGE`` and
 ``OVERSIZE`` handlers (:meth:`large_packet`, :meth:`oversize`) when the decoder announces a
-large packet, :meth:`admit_waiting` when memory was freed (a job ended), and :meth:`hold`
+large packet, :meth:`job_ended` when a large job ended (its memory is free), and :meth:`hold`
 when it passed a worker's report to a slow client; connections call :meth:`large_done` when
 a large packet has arrived and :meth:`drained` when their replies drained; the event loop
 calls :meth:`sweep` every ``SWEEP_INTERVAL`` seconds.
@@ -165,6 +168,12 @@ class Bounds:
         """``conn``'s large packet has arrived (or the connection is gone)."""
         self.server.held -= conn.receiving
         conn.receiving = 0
+        if self.waiting:
+            self.admit_waiting()
+
+    def job_ended(self, size: int) -> None:
+        """A large job's data (``size`` bytes) is no longer held: let waiting packets in."""
+        self.server.held -= size
         if self.waiting:
             self.admit_waiting()
 

@@ -131,7 +131,6 @@ class JobServer:
             ptype: (ARG_COUNT.get(ptype, 0), self.handlers.get(ptype) or functools.partial(self._unexpected, ptype))
             for ptype in [*ARG_COUNT, ADMIN_LINE]}
         self.bounds = Bounds(self, **bounds)
-        self.waiting_for_memory = self.bounds.waiting  # the same deque, one lookup nearer
         # The head of a large packet (lazy decoder) and of one over max_packet_size: not a
         # packet yet, so not one that makes a connection authenticated (bounds.first_items).
         self.dispatch[LARGE] = (0, self.bounds.large_packet)
@@ -287,7 +286,8 @@ class JobServer:
             client = conn.client or self._client_of(conn)
         job = Job(next(self.handles), function, unique, key, data, priority, background, when, reducer, client)
         self.jobs[job.handle] = job
-        self.held += len(data)
+        if len(data) >= BIG_PACKET:  # counted against --max-memory (bounds.py: large jobs only)
+            self.held += len(data)
         if key:
             function.by_unique[key] = job
         if background and self.queue is not None:
@@ -525,9 +525,8 @@ class JobServer:
             return
         job.end()
         del self.jobs[job.handle]
-        self.held -= len(job.data)
-        if self.waiting_for_memory:
-            self.bounds.admit_waiting()
+        if len(job.data) >= BIG_PACKET:
+            self.bounds.job_ended(len(job.data))
         key = job.key
         if key and job.function.by_unique.get(key) is job:
             del job.function.by_unique[key]
