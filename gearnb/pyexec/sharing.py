@@ -376,26 +376,24 @@ class ValueStore:
     def close(self) -> None:
         """Close every value, every delivered result and the socket (the process ends)."""
         with self._lock:
-            self._closed = True
-            for fd, _ in self._values.values():
-                os.close(fd)
-            for delivered in self._delivered.values():
-                os.close(delivered.fd)
-            self._values.clear()
-            self._delivered.clear()
+            self._close_fds()
             self._lock.notify_all()
         self._wake_w.send(b"x")
         self._listener.close()
 
-    def _forget_inherited(self) -> None:
-        """In a forked child: the parent's fds are the parent's business; close our copies."""
+    def _close_fds(self) -> None:
+        """Close every value's and every delivered result's fd; the store takes no more."""
+        self._closed = True
         for fd, _ in self._values.values():
             os.close(fd)
         for delivered in self._delivered.values():
             os.close(delivered.fd)
         self._values.clear()
         self._delivered.clear()
-        self._closed = True
+
+    def _forget_inherited(self) -> None:
+        """In a forked child: the parent's fds are the parent's business; close our copies."""
+        self._close_fds()
         for sock in (self._listener, self._wake_r, self._wake_w):
             sock.close()
 
