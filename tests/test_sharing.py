@@ -1,4 +1,4 @@
-"""Large values through shared memory (gearnb/pyexec/sharing.py), against real worker processes.
+"""Large values through shared memory (gearnb/pyexec/sharing/), against real worker processes.
 
 Real `gearnb worker` process trees (a worker and its task process each) through the gearnb
 server and gearmand; real kill -9 of a caller, of a task process and of a worker process; a

@@ -82,7 +82,7 @@ class Chunk:
         self.with_code = False
         self.call = None  # the CallId of its latest job: only that call's result is accepted
         self.inline = False  # its worker could not reach shared memory: buffers go in the job
-        self.tokens: list[bytes] = []  # the shared values its job carries (pyexec/sharing.py)
+        self.tokens: list[bytes] = []  # the shared values its job carries (pyexec/sharing/)
         self.sent_at = 0.0  # time.time() when its latest job was sent
         self.local: tuple[list[Any], dict[int, BaseException], list[Any]] | None = None  # run here: see Run.help
 
@@ -170,7 +170,7 @@ class Run:
         # small code always goes along, which costs less than that trip.
         self.code_sends_left = (1 << 62) if self.blob.size <= SMALL_CODE else code_sends
         # Large values this run shares through memory with workers on this host, each once
-        # (pyexec/sharing.py): held while a chunk in flight carries them, the function's
+        # (pyexec/sharing/): held while a chunk in flight carries them, the function's
         # captured arrays until the run ends (release_shared).
         store = calls.store
         self.shares = None if store is None else RunShares(store)

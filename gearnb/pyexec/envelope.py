@@ -258,7 +258,7 @@ def _call_msg(blob: FunctionBlob, with_code: bool, chunk: bool, store: bytes | N
         "ch": chunk,
     }
     if store is not None:
-        msg["sa"] = store  # the caller's value store (sharing.py): where large results may go
+        msg["sa"] = store  # the caller's value store (pyexec/sharing/): where large results may go
     if options:  # how to run the calls (plain data): {"ol": output limit}
         msg["o"] = options
     if with_code:

@@ -122,7 +122,7 @@ class PyexecRunner:
         self._function_bytes = 0
         self.replay_guard = ReplayGuard()
         self.module_watch = ModuleWatch()  # edited files of modules tasks imported by name
-        # Connections to callers' value stores (large values through shared memory, sharing.py).
+        # Connections to callers' value stores (large values through shared memory, pyexec/sharing/).
         self.links = sharing.StoreLinks() if sharing.available() else None
         if self.links is not None:
             self.links.on_release = self._released
