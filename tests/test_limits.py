@@ -263,11 +263,13 @@ def local():
 def no_sharing(monkeypatch):
     """This process as a caller that cannot share memory with the workers (as one on another
     host): its executors find no value store, so every byte of a call and of its result goes
-    in the Gearman job (gearnb/pyexec/sharing.py decides on the caller's side)."""
-    from gearnb.pyexec import sharing
+    in the Gearman job (gearnb/pyexec/sharing decides on the caller's side: value_store() is
+    None, as where memfds are not available)."""
+    from gearnb.pyexec.sharing import store
 
-    monkeypatch.setattr(sharing, "_store", None)
-    monkeypatch.setattr(sharing, "_store_failed", True)
+    monkeypatch.setattr(store, "_store", None)
+    monkeypatch.setattr(store, "_store_failed", True)
+    assert store.value_store() is None
 
 
 def _in_the_job(future, nbytes: int) -> bool:
