@@ -381,6 +381,46 @@ def test_the_clients_own_limit_is_checked_before_sending(gearnb_address):
         ex.shutdown(wait=False)
 
 
+def _cmdlines_below(pid: int) -> list[list[str]]:
+    """The command lines of ``pid``'s live descendants (from /proc)."""
+    import os
+
+    children: dict[int, list[int]] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+        except OSError:
+            continue
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            try:
+                with open(f"/proc/{child}/cmdline", "rb") as f:
+                    found.append(f.read().decode().split("\0"))
+            except OSError:
+                pass
+    return found
+
+
+def test_gearnb_local_hands_its_limit_to_the_server_and_the_workers():
+    """One setting for the whole local cluster: the executor checks it before sending, the job
+    server answers a larger packet with ARGUMENT_TOO_LARGE, the workers' task processes got it."""
+    with gearnb.local(workers=1, max_packet_size="1M") as ex:
+        assert ex.client.max_packet_size == MiB
+        with pytest.raises(gearnb.PacketTooLarge, match="exceeds this client's max packet size of 1,048,576"):
+            ex.submit(len, b"x" * (2 * MiB)).result(timeout=10)
+        with RawConnection(ex.servers[0]) as raw:
+            raw.send(P.ECHO_REQ, b"e" * (2 * MiB))
+            code, text = raw.expect(P.ERROR)
+            assert code == b"ARGUMENT_TOO_LARGE" and b"the job server's max packet size of 1,048,576" in text
+            assert raw.call(P.ECHO_REQ, b"still here", reply=P.ECHO_RES) == (b"still here",)
+        assert ex.submit(len, b"x" * 1000).result(timeout=30) == 1000
+        tasks = [argv for pid in ex.worker_pids() for argv in _cmdlines_below(pid) if "gearnb.pyexec.isolation" in argv]
+        assert tasks and all(argv[argv.index("--max-packet-size") + 1] == "1M" for argv in tasks), tasks
+
+
 def test_the_limit_is_one_setting(monkeypatch):
     from gearnb import limits
     from gearnb.server.core import JobServer
@@ -391,6 +431,11 @@ def test_the_limit_is_one_setting(monkeypatch):
     assert gearnb.Worker("127.0.0.1:1")._conns[0].max_packet_size == 256 * MiB
     assert JobServer().max_packet_size == 256 * MiB
     assert gearnb.Client("127.0.0.1:1", max_packet_size="2G")._core.max_packet_size == 2 << 30
+    ex = gearnb.connect("127.0.0.1:1", key=KEY, max_packet_size="3M")
+    try:
+        assert ex.client.max_packet_size == 3 * MiB
+    finally:
+        gearnb.shutdown()
     with pytest.raises(ValueError, match="between 1024 bytes and the protocol's limit"):
         limits.max_packet_size("5G")
     with pytest.raises(ValueError, match="not a size"):
