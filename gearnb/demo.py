@@ -112,7 +112,7 @@ def run_demo(expressions: list[str]) -> int:
         print(f"- started {len(workers)} worker processes (pids {', '.join(str(w.pid) for w in workers)}) "
               "serving addition, subtraction, multiplication, division and pyexec")
         try:
-            _wait_for_workers(server.address, 4)
+            _wait_for_workers(server.address, len(workers))
             with Client(server.address) as client:
                 print(f"- submitting {len(expressions)} tasks, one per operation:")
                 started = time.perf_counter()
@@ -131,13 +131,16 @@ def run_demo(expressions: list[str]) -> int:
     return 0 if len(results) == len(expressions) and len(sweep) == 100 else 1
 
 
-def _wait_for_workers(address: str, functions: int, timeout: float = 20) -> None:
+def _wait_for_workers(address: str, workers: int, timeout: float = 20) -> None:
+    """Until every worker process serves pyexec and the four calculus functions: the sweep
+    spreads over as many workers as the server names when it starts."""
     from .admin import Admin
 
+    wanted = {"addition", "subtraction", "multiplication", "division", "pyexec"}
     deadline = time.monotonic() + timeout
     with Admin(address) as admin:
         while time.monotonic() < deadline:
-            if sum(1 for s in admin.status() if s.workers) >= functions:
+            if sum(1 for s in admin.status() if s.function in wanted and s.workers >= workers) == len(wanted):
                 return
             time.sleep(0.05)
     raise RuntimeError("the demo's workers did not register in time")

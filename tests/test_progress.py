@@ -93,3 +93,6 @@ def test_demo_runs_calculus_and_sweep():
     for line in ("2+3 = 5", "8*7 = 56", "9/3 = 3.0", "10-4 = 6", "4 of 4 tasks done"):
         assert line in out.stdout
     assert "100/100 done" in out.stderr and "at rate 1.00: 2.718" in out.stdout
+    # The sweep spreads over both workers: the demo waits for both to serve pyexec first (it
+    # once started after the first, and the whole sweep ran one item at a time).
+    assert "2 running" in out.stderr
