@@ -508,6 +508,10 @@ class Worker:
         while not self._stopping:
             live = self._ensure_connected()
             did_work = False
+            # Servers that answered NO_JOB this turn: when all did, the worker sleeps at once
+            # (PRE_SLEEP, as libgearman) - asking again would only hear NO_JOB again, and a
+            # job submitted meanwhile wakes it with a NOOP.
+            empty = 0
             for conn in live:
                 # With one server, keep taking jobs while it has them.
                 pending = conn.grab
@@ -519,6 +523,7 @@ class Worker:
                         conn.drop(str(exc))
                         break
                     if reply.type == _NO_JOB:
+                        empty += 1
                         break
                     if reply.type == _ERROR:
                         if not self._grab_refused(conn, reply):
@@ -551,7 +556,7 @@ class Worker:
                         break
                     # One server: the result and the next grab leave in one write.
                     pending = result + conn.grab
-            if did_work or self._stopping:
+            if self._stopping or (did_work and empty < len(live)):
                 continue
             self._sleep(live)
 

@@ -42,7 +42,7 @@ WORKER_LANE = [
     "<NOOP",                                               # woken by the client's submit
     "GRAB_JOB_UNIQ", "<JOB_ASSIGN_UNIQ",                   # it pulls the job
     "WORK_STATUS", "WORK_COMPLETE",
-    "GRAB_JOB_UNIQ", "<NO_JOB", "GRAB_JOB_UNIQ", "<NO_JOB", "PRE_SLEEP",   # and back to sleep
+    "GRAB_JOB_UNIQ", "<NO_JOB", "PRE_SLEEP",               # and back to sleep at once
 ]
 CLIENT_LANE = ["OPTION_REQ", "<OPTION_RES", "SUBMIT_JOB", "<JOB_CREATED", "<WORK_STATUS", "<WORK_COMPLETE"]
 

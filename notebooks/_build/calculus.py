@@ -150,7 +150,7 @@ server sent it):
     code("""
 worker_packets = t.sequence(t.lane("calc-addition"))
 print(" ".join(worker_packets))
-# The pull model, in order (the trace may hold more, e.g. a second GRAB_JOB_UNIQ before sleeping):
+# The pull model, in order (the trace may hold more: the other workers, WORK_STATUS updates):
 steps = iter(worker_packets)
 pull_model = ["CAN_DO", "GRAB_JOB_UNIQ", "<NO_JOB", "PRE_SLEEP", "<NOOP", "GRAB_JOB_UNIQ", "<JOB_ASSIGN_UNIQ",
               "WORK_STATUS", "WORK_COMPLETE", "PRE_SLEEP"]
