@@ -21,8 +21,8 @@ _EXPORTS = {
     **dict.fromkeys(["as_completed", "call", "connect", "default_executor", "imap", "imap_unordered", "last_task_stream",
                      "local", "map", "report", "shutdown", "submit", "wait"], ".api"),
     **dict.fromkeys(["AsyncClient", "Client", "JobHandle", "JobStatus", "Task", "TaskSet"], ".client"),
-    **dict.fromkeys(["GearmanError", "JobException", "JobFailed", "NoJobServers", "ProtocolError", "ServerError",
-                     "TaskStopped", "WorkException", "WorkerDied"], ".errors"),
+    **dict.fromkeys(["GearmanError", "JobException", "JobFailed", "NoJobServers", "PacketTooLarge", "ProtocolError",
+                     "ServerError", "TaskStopped", "WorkException", "WorkerDied"], ".errors"),
     **dict.fromkeys(["Executor", "GearnbFuture"], ".executor"),
     **dict.fromkeys(["RefusedPayload", "RemoteError", "VersionMismatch"], ".pyexec"),
     "trace": ".visual",
@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     )
     from .client import AsyncClient, Client, JobHandle, JobStatus, Task, TaskSet
     from .errors import (
-        GearmanError, JobException, JobFailed, NoJobServers, ProtocolError, ServerError, TaskStopped, WorkException,
-        WorkerDied,
+        GearmanError, JobException, JobFailed, NoJobServers, PacketTooLarge, ProtocolError, ServerError, TaskStopped,
+        WorkException, WorkerDied,
     )
     from .executor import Executor, GearnbFuture
     from .pyexec import RefusedPayload, RemoteError, VersionMismatch

@@ -40,10 +40,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def connect(servers: str | list[str], key: bytes | str | None = None, *, key_file: str | None = None) -> Executor:
-    """Use these job servers (and this cluster key) for the module-level calls."""
+def connect(servers: str | list[str], key: bytes | str | None = None, *, key_file: str | None = None,
+            ssl: Any = None, max_packet_size: int | str | None = None) -> Executor:
+    """Use these job servers (and this cluster key) for the module-level calls.
+
+    ``ssl``: a ``gearnb.tls.client_context(ca, cert, key)`` for job servers that speak TLS
+    (every connection, the worker count and cancelling included). ``max_packet_size``: the
+    largest job or result sent or taken (gearnb.limits; default ``GEARNB_MAX_PACKET_SIZE``,
+    else the protocol's 4 GiB - 1).
+    """
     global _default
-    executor = Executor(servers, key, key_file=key_file)
+    executor = Executor(servers, key, key_file=key_file, ssl=ssl, max_packet_size=max_packet_size)
     with _lock:
         old, _default = _default, executor
     if old is not None:
@@ -52,7 +59,9 @@ def connect(servers: str | list[str], key: bytes | str | None = None, *, key_fil
 
 
 def local(workers: int | None = None, **options: Any) -> LocalExecutor:
-    """Start a local cluster (bundled server + ``workers`` processes); use it as a context manager."""
+    """Start a local cluster (bundled server + ``workers`` processes); use it as a context manager.
+
+    ``max_packet_size=`` (gearnb.limits) holds for the executor, its job server and workers."""
     return LocalExecutor(workers, **options)
 
 
@@ -67,10 +76,11 @@ def default_executor(starting: ProgressTracker | None = None) -> Executor:
         if _default is None:
             cluster = task_cluster()
             if cluster is not None:
-                _default = Executor(cluster.servers, cluster.key)
+                _default = Executor(cluster.servers, cluster.key, ssl=cluster.ssl)
             elif _inherited is not None:  # a forked child: the parent's servers and key
                 _default = Executor(_inherited.servers, _inherited._key, ssl=_inherited.ssl,
-                                    crash_attempts=_inherited.crash_attempts)
+                                    crash_attempts=_inherited.crash_attempts,
+                                    max_packet_size=_inherited.client.max_packet_size)
             elif os.environ.get("GEARMAN_SERVERS") and load_key():
                 _default = Executor()
             else:

@@ -8,7 +8,8 @@ import os
 import sys
 
 from . import __version__
-from .protocol import DEFAULT_MAX_PACKET_SIZE
+from .limits import MAX_PACKET_ENV, parse_size
+from .server.bounds import FIRST_PACKET_TIMEOUT, STALL_TIMEOUT
 from .server.core import DEFAULT_JOB_RETRIES
 
 
@@ -21,7 +22,9 @@ def _server(args: argparse.Namespace) -> int:
 
     serve(args.host, args.port, max_packet_size=args.max_packet_size, job_retries=args.job_retries,
           handle_prefix=args.job_handle_prefix, exceptions_default=args.exceptions,
-          queue=open_queue(args.queue), ssl=_server_tls(args), can_do_timeout_seconds=args.can_do_timeout_seconds)
+          queue=open_queue(args.queue), ssl=_server_tls(args), can_do_timeout_seconds=args.can_do_timeout_seconds,
+          max_memory=args.max_memory, max_connections=args.max_connections,
+          first_packet_timeout=args.first_packet_timeout, stall_timeout=args.stall_timeout)
     return 0
 
 
@@ -33,12 +36,23 @@ def _server_tls(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return server_context(args.ssl_cert, args.ssl_key, args.ssl_ca)
 
 
+def _client_tls(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .tls import client_context_from
+
+    try:
+        return client_context_from(args.ssl_ca, args.ssl_cert, args.ssl_key)
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"gearnb: TLS: {exc}") from None
+
+
 def _worker(args: argparse.Namespace) -> int:
     from .launcher import run_workers
 
+    _client_tls(args)  # files that do not load stop it here, not in each worker process
     return run_workers(args.servers, args.processes, imports=args.imports, client_id=args.client_id,
                        key_file=args.key_file, job_timeout=args.job_timeout,
-                       exception_packets=args.exception_packets)
+                       exception_packets=args.exception_packets, max_packet_size=args.max_packet_size,
+                       tls=(args.ssl_ca, args.ssl_cert, args.ssl_key))
 
 
 def _key_file_or_exit(path: str, key: bytes | None = None) -> bytes:
@@ -76,7 +90,8 @@ def _local(args: argparse.Namespace) -> int:
     # before the cluster is closed.
     stopping: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    cluster = LocalCluster(args.workers, port=args.port, imports=tuple(args.imports))
+    cluster = LocalCluster(args.workers, port=args.port, imports=tuple(args.imports),
+                           max_packet_size=args.max_packet_size)
     key_file = args.key_file
     private_dir = None
     if not key_file:  # the key is never printed: it goes to a file only this user can read
@@ -121,9 +136,10 @@ def _status(args: argparse.Namespace) -> int:
     from .addresses import parse_servers
 
     rows = []
+    context = _client_tls(args)
     for server in parse_servers(args.servers):
         try:
-            with Admin(server, timeout=5) as admin:
+            with Admin(server, timeout=5, ssl=context) as admin:
                 for s in admin.status():
                     rows.append((server, s.function, str(s.total - s.running), str(s.running), str(s.workers)))
         except OSError as exc:
@@ -142,6 +158,35 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.expression)
 
 
+def _packet_size(text: str) -> str:
+    from .limits import max_packet_size
+
+    try:
+        max_packet_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _memory_size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_max_packet_size(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--max-packet-size", type=_packet_size, default=None, metavar="SIZE",
+                   help=f"largest packet {what}: bytes, or 512M, 2G (default: {MAX_PACKET_ENV}, else the protocol's "
+                        f"4G - 1; memory grows as a packet arrives)")
+
+
+def _add_client_tls(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ssl-ca", default=None, help="TLS: trust job servers whose certificate this CA signed (PEM)")
+    p.add_argument("--ssl-cert", default=None, help="TLS: this side's certificate (PEM), for servers that ask for one")
+    p.add_argument("--ssl-key", default=None, help="TLS: its private key (PEM), if not in --ssl-cert")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gearnb", description=__doc__)
     parser.add_argument("--version", action="version", version=f"gearnb {__version__}")
@@ -152,8 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; Gearman has no authentication)")
     p.add_argument("-p", "--port", type=int, default=4730)
-    p.add_argument("--max-packet-size", type=int, default=DEFAULT_MAX_PACKET_SIZE,
-                   help="largest packet accepted, in bytes (bounds memory per connection)")
+    _add_max_packet_size(p, "accepted; a larger one is answered ERROR ARGUMENT_TOO_LARGE, the connection kept")
+    p.add_argument("--max-memory", type=_memory_size, default=None, metavar="SIZE",
+                   help="bound on job data and large packets being received (default: half the RAM); past it, "
+                        "large packets wait")
+    p.add_argument("--max-connections", type=int, default=None,
+                   help="most connections at once (default: the open-files limit, raised to its hard limit, less 32)")
+    p.add_argument("--first-packet-timeout", type=float, default=FIRST_PACKET_TIMEOUT, metavar="SECONDS",
+                   help="close a connection that sent no complete packet (or finished no TLS handshake) by then "
+                        f"(default {FIRST_PACKET_TIMEOUT:g})")
+    p.add_argument("--stall-timeout", type=float, default=STALL_TIMEOUT, metavar="SECONDS",
+                   help="close a connection that sends no byte of a packet it started, or a slow client holding "
+                        f"workers that reads nothing, for this long (default {STALL_TIMEOUT:g})")
     p.add_argument("--job-retries", type=int, default=DEFAULT_JOB_RETRIES,
                    help=f"fail a job after its worker died this many times (default {DEFAULT_JOB_RETRIES}; "
                         "0: requeue it for ever, gearmand's default)")
@@ -181,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-exception-packets", dest="exception_packets", action="store_false",
                    help="answer a raising function with WORK_WARNING + WORK_FAIL instead of WORK_EXCEPTION "
                         "(for libgearman clients such as PHP's behind gearmand)")
+    _add_max_packet_size(p, "taken; a larger job is answered with a failure naming the limit")
+    _add_client_tls(p)
     p.set_defaults(run=_worker)
 
     p = sub.add_parser("local", help="a bundled job server and workers in the foreground, for notebooks to connect to")
@@ -190,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-file", default=None,
                    help="the cluster key file: used if it exists, else created with a new key (mode 600); "
                         "default: a private temporary file")
+    _add_max_packet_size(p, "of its job server and workers")
     p.set_defaults(run=_local)
 
     p = sub.add_parser("key", help="cluster keys for pyexec")
@@ -200,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="print the functions, queued and running jobs and workers of job servers")
     p.add_argument("--servers", default=None)
+    _add_client_tls(p)
     p.set_defaults(run=_status)
 
     p = sub.add_parser("demo", help="start a bundled server and workers and run the calculus example")

@@ -43,11 +43,14 @@ class LocalCluster:
     """
 
     def __init__(self, workers: int | None = None, *, port: int = 0, imports: tuple[str, ...] = (),
-                 job_retries: int | None = None) -> None:
+                 job_retries: int | None = None, max_packet_size: int | str | None = None) -> None:
         self.n_workers = workers or os.cpu_count() or 1
         self.job_retries = job_retries  # the job server's --job-retries (None: its default)
         self.port = port or _free_port()
         self.imports = imports
+        # The one limit (gearnb.limits), for the server and the workers alike; unset, they read
+        # GEARNB_MAX_PACKET_SIZE from the environment they inherit.
+        self.limit_options = [] if max_packet_size is None else ["--max-packet-size", str(max_packet_size)]
         self.key = new_key()
         self.address = f"127.0.0.1:{self.port}"
         self.supervisor = Supervisor("local")
@@ -116,14 +119,16 @@ class LocalCluster:
     def _run(self) -> None:
         supervisor = self.supervisor
         try:
-            server = [sys.executable, "-m", "gearnb", "server", "--host", "127.0.0.1", "--port", str(self.port)]
+            server = [sys.executable, "-m", "gearnb", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                      *self.limit_options]
             if self.job_retries is not None:
                 server += ["--job-retries", str(self.job_retries)]
             supervisor.start(SERVER, server, self._env(worker=False))
             self._wait_listening()
             env = self._env(worker=True)
             for i in range(self.n_workers):
-                argv = [sys.executable, "-m", "gearnb", "worker", "--servers", self.address, "--client-id", f"local-{i}"]
+                argv = [sys.executable, "-m", "gearnb", "worker", "--servers", self.address, "--client-id", f"local-{i}",
+                        *self.limit_options]
                 for module in self.imports:
                     argv += ["--import", module]
                 supervisor.start(f"worker {i}", argv, env)
@@ -187,12 +192,14 @@ class LocalCluster:
 
 class LocalExecutor(Executor):
     """An Executor over its own LocalCluster; closing it stops the cluster. ``on_start(text)``
-    hears how the start goes (see :meth:`LocalCluster.start`)."""
+    hears how the start goes (see :meth:`LocalCluster.start`). ``max_packet_size``
+    (gearnb.limits) holds for the executor, the job server and the workers."""
 
     def __init__(self, workers: int | None = None, *, on_start: Callable[[str], None] | None = None,
                  **options: Any) -> None:
         self.cluster = LocalCluster(workers, imports=tuple(options.pop("imports", ())),
-                                    job_retries=options.pop("job_retries", None)).start(on_start)
+                                    job_retries=options.pop("job_retries", None),
+                                    max_packet_size=options.get("max_packet_size")).start(on_start)
         super().__init__(self.cluster.address, key=self.cluster.key, **options)
 
     def worker_pids(self) -> list[int]:

@@ -102,6 +102,16 @@ def _describe(code: str, text: str, request: str | None) -> str:
     return f"{code}: {text}"
 
 
+class PacketTooLarge(ServerError):
+    """A packet over a ``max_packet_size``: the job server's (its ERROR ARGUMENT_TOO_LARGE), a
+    worker's, or this process's own (checked before sending; a result too large to take). The
+    message names the limit and the setting that raises it (see gearnb.limits). Sending the
+    same again cannot help."""
+
+    def __init__(self, text: str, server: str = "", request: str | None = None) -> None:
+        super().__init__("ARGUMENT_TOO_LARGE", text, server, request)
+
+
 class NoJobServers(GearmanError, ConnectionError):
     """No job server could be reached."""
 
@@ -126,5 +136,5 @@ class TaskStopped(GearmanError):
     Ctrl-C); its result, if it has one, is not wanted."""
 
 
-__all__ = ["GearmanError", "JobException", "JobFailed", "NoJobServers", "ProtocolError", "ServerError", "TaskStopped",
-           "WorkException", "WorkerDied"]
+__all__ = ["GearmanError", "JobException", "JobFailed", "NoJobServers", "PacketTooLarge", "ProtocolError", "ServerError",
+           "TaskStopped", "WorkException", "WorkerDied"]

@@ -30,11 +30,12 @@ import time
 import traceback
 from typing import Any, Callable
 
+from . import limits
 from .errors import JobFailed, WorkException, perl_server_lacks
 from .protocol import REQ, RES, Decoder, PacketType, ProtocolError, request
 from .buffers import BufferList
-from .protocol.codec import encode_gathered, encode_parts
-from .protocol.packets import DEFAULT_MAX_PACKET_SIZE, Packet
+from .protocol.codec import PacketHead, encode_gathered, encode_parts
+from .protocol.packets import Packet
 from .sockets import tune
 from .addresses import ServerSpec, parse_servers, split_address
 
@@ -55,8 +56,9 @@ GRAB_UNIQ = request(P.GRAB_JOB_UNIQ)
 GRAB_PLAIN = request(P.GRAB_JOB)
 # ERROR codes that answer a WORK_* packet for a job this worker no longer holds (the server
 # took it back: CAN_DO_TIMEOUT), not the grab sent after it: gearmand's and gearnb's
-# JOB_NOT_FOUND, the Perl Gearman::Server's not_worker.
-_JOB_ERRORS = frozenset((b"JOB_NOT_FOUND", b"not_worker"))
+# JOB_NOT_FOUND, the Perl Gearman::Server's not_worker; gearnb's ARGUMENT_TOO_LARGE for a
+# result over the server's max packet size (the server failed that job for its clients).
+_JOB_ERRORS = frozenset((b"JOB_NOT_FOUND", b"not_worker", b"ARGUMENT_TOO_LARGE"))
 _JOB_ASSIGN_UNIQ, _JOB_ASSIGN_ALL = int(P.JOB_ASSIGN_UNIQ), int(P.JOB_ASSIGN_ALL)
 _ASSIGN_TYPES = frozenset((P.JOB_ASSIGN_UNIQ, P.JOB_ASSIGN, P.JOB_ASSIGN_ALL))
 _WORK_COMPLETE = int(P.WORK_COMPLETE)
@@ -328,12 +330,15 @@ class Worker:
     """
 
     def __init__(self, servers: ServerSpec = None, *, client_id: str | None = None,
-                 max_packet_size: int = DEFAULT_MAX_PACKET_SIZE, ssl: Any = None,
+                 max_packet_size: int | str | None = None, ssl: Any = None,
                  exception_packets: bool = True, namespace: str | bytes = "", slot: Any = None) -> None:
         self.servers = parse_servers(servers)
         # slot: a guard watches this worker (it is a task process, gearnb/pyexec/isolation.py):
         # which job runs, and which connection is being written to, are kept in it.
         self.slot = slot
+        # The largest job taken (gearnb.limits); a larger one is answered with a failure
+        # that names the limit, not taken for a broken connection.
+        max_packet_size = limits.max_packet_size(max_packet_size)
         # Put in front of every function name registered, as libgearman's
         # gearman_worker_set_namespace(); job.function is then the full name the server sent.
         self.namespace = namespace.encode() if isinstance(namespace, str) else bytes(namespace)
@@ -633,6 +638,8 @@ class Worker:
 
     def _run(self, conn: _ServerConn, packet: Packet) -> bytes | list[bytes]:
         """Run one job; return the packet that reports its outcome (a large one in parts)."""
+        if type(packet) is PacketHead:  # over max_packet_size: its data was dropped on arrival
+            return self._too_large(conn, packet)
         if packet.type == _JOB_ASSIGN_UNIQ:
             handle, name, unique, data = packet.args
             reducer = b""
@@ -670,11 +677,25 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - reported to the client
             log.info("job %s %r raised %s", job.function, handle, type(exc).__name__)
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).encode(errors="replace")
-            if self.exception_packets:
-                return self._exception(conn, handle, text)
-            if conn.perl_server:  # it has no WORK_WARNING
-                return request(P.WORK_FAIL, handle)
-            return request(P.WORK_WARNING, handle, text) + request(P.WORK_FAIL, handle)
+            return self._failure(conn, handle, text)
+
+    def _too_large(self, conn: _ServerConn, head: PacketHead) -> bytes:
+        """Answer a job over our max_packet_size with a failure that says so (its data never
+        arrived here): the caller learns at once, and no other worker of ours would take it."""
+        handle = head.args[0] if head.args else b""
+        name = head.args[1].decode(errors="replace") if len(head.args) > 1 else "?"
+        text = limits.too_large(f"job {handle.decode(errors='replace')} ({name})", head.size,
+                                conn.max_packet_size, "this worker's", limits.WORKER_SETTING)
+        log.error("%s", text)
+        return self._failure(conn, handle, text.encode())
+
+    def _failure(self, conn: _ServerConn, handle: bytes, text: bytes) -> bytes:
+        """The packets that fail a job with ``text``, as this server and its clients take them."""
+        if self.exception_packets:
+            return self._exception(conn, handle, text)
+        if conn.perl_server:  # it has no WORK_WARNING
+            return request(P.WORK_FAIL, handle)
+        return request(P.WORK_WARNING, handle, text) + request(P.WORK_FAIL, handle)
 
     @staticmethod
     def _exception(conn: _ServerConn, handle: bytes, data: bytes) -> bytes:

@@ -313,12 +313,13 @@ class WorkerProcesses:
     """``gearnb worker --processes N`` as a real process tree, with a cluster key."""
 
     def __init__(self, servers: str, processes: int = 2, key: bytes = b"k" * 32, imports: tuple[str, ...] = (),
-                 function: str = "pyexec") -> None:
+                 function: str = "pyexec", extra: tuple[str, ...] = ()) -> None:
         self.servers = servers
         self.processes = processes
         self.key = key
         self.imports = imports
         self.function = function
+        self.extra = extra  # more `gearnb worker` options (--max-packet-size, --ssl-*)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> "WorkerProcesses":
@@ -326,6 +327,7 @@ class WorkerProcesses:
                "--processes", str(self.processes)]
         for module in self.imports:
             cmd += ["--import", module]
+        cmd += self.extra
         env = dict(os.environ, GEARNB_KEY=self.key.hex())
         env.pop("GEARNB_WORKER_CHILD", None)
         self.proc = subprocess.Popen(cmd, env=env)

@@ -145,10 +145,14 @@ def test_server_buffers_at_most_one_packet():
         sock.sendall(frame[-1:])
         reply, closed = read_all(sock, 2)
         assert not closed and reply.endswith(body)
-        # ...one byte more is refused from its header alone.
+        # ...one byte more is refused from its header alone (an ERROR; the body is dropped as it
+        # comes, the connection stays).
         sock.sendall(REQ + struct.pack(">II", PacketType.ECHO_REQ, MAX_PACKET + 1))
         reply, closed = read_all(sock, 2)
-        assert closed and b"ARGUMENT_TOO_LARGE" in reply
+        assert not closed and b"ARGUMENT_TOO_LARGE" in reply
+        sock.sendall(b"y" * (MAX_PACKET + 1))
+        wait_until(lambda: all(c.decoder.idle for c in server.job_server.connections))
+        assert all(c.decoder.buffered == 0 for c in server.job_server.connections)
         sock.close()
 
 

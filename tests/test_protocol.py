@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gearnb.protocol.codec import LARGE, OVERSIZE, PacketHead
 from gearnb.protocol import (
     ARG_COUNT, REQ, RES, AdminLine, Decoder, Packet, PacketType, ProtocolError, encode, request, response,
 )
@@ -89,7 +90,9 @@ def test_mutated_bytes_raise_only_protocol_error(packet, index, value):
     decoder = Decoder(REQ, allow_text=True, max_packet_size=4096)
     try:
         for item in decoder.feed(bytes(data)):
-            assert isinstance(item, (Packet, AdminLine))
+            assert isinstance(item, (Packet, AdminLine, PacketHead))
+            if isinstance(item, PacketHead):  # a size field mutated past the limit: reported
+                assert item.oversize and item.size > 4096
         decoder.close()
     except ProtocolError:
         pass
@@ -113,12 +116,37 @@ def test_unknown_type():
         Decoder(REQ).feed(b"\0REQ" + struct.pack(">II", 0, 0))
 
 
-def test_oversize_refused_without_buffering():
+def test_oversize_reported_and_dropped_without_buffering():
+    """A packet over the limit is not an error of the stream: its head (type, leading
+    arguments, size) is handed out, its body read and dropped, and decoding carries on."""
     decoder = Decoder(REQ, max_packet_size=1000)
-    with pytest.raises(ProtocolError) as info:
-        decoder.feed(b"\0REQ" + struct.pack(">II", 16, 0xFFFFFFFF))
-    assert info.value.code == "ARGUMENT_TOO_LARGE"
+    assert decoder.feed(b"\0REQ" + struct.pack(">II", 16, 0xFFFFFFFF)) == [PacketHead(16, (), 0xFFFFFFFF, True)]
     assert decoder.buffered == 0
+    decoder = Decoder(REQ, max_packet_size=1000, raw=True)
+    body = b"fn\0uniq\0" + b"d" * 5000
+    stream = request(PacketType.SUBMIT_JOB, b"fn", b"uniq", b"d" * 5000) + request(PacketType.ECHO_REQ, b"next")
+    out = []
+    for i in range(0, len(stream), 7):  # in small pieces: the head is known after the leading arguments
+        out += decoder.feed(stream[i:i + 7])
+        assert decoder.buffered <= 16
+    assert out == [(OVERSIZE, PacketHead(PacketType.SUBMIT_JOB, (b"fn", b"uniq"), len(body), True)),
+                   (PacketType.ECHO_REQ, (b"next",))]
+    decoder.close()
+
+
+def test_lazy_decoder_keeps_what_arrived_not_what_was_declared():
+    """The job server's decoder hands out a large packet's head, and holds the bytes that came
+    (not the declared size) until a quarter arrived or reserve() is called."""
+    decoder = Decoder(REQ, lazy=True, raw=True)
+    head = b"\0REQ" + struct.pack(">II", PacketType.SUBMIT_JOB, 128 << 20) + b"f\0u\0"
+    assert decoder.feed(head + b"x" * 1000) == [(LARGE, PacketHead(PacketType.SUBMIT_JOB, (b"f", b"u"), 128 << 20))]
+    assert decoder.buffered == 1000 + 2  # the leading arguments without their NULs, and the data
+    target = decoder.get_buffer()
+    assert len(target) < 1 << 20  # a chunk, not the packet's 128 MiB
+    target[:5] = b"yyyyy"
+    assert decoder.buffer_updated(5) == []
+    decoder.reserve()  # the owner trusts the peer: the rest is read straight into place
+    assert len(decoder.get_buffer()) == (128 << 20) - 4 - 1005
 
 
 def test_too_few_arguments():
@@ -220,13 +248,15 @@ def test_large_packets_split_anywhere(big_packet_mode, ptype, size, data):
 def test_large_packet_errors(big_packet_mode):
     from gearnb.protocol.codec import BIG_PACKET
 
+    from gearnb.protocol.codec import MAX_LEADING
+
     body = b"x" * (2 * BIG_PACKET)  # SUBMIT_JOB needs two NULs; there are none
     data = b"\0REQ" + struct.pack(">II", PacketType.SUBMIT_JOB, len(body)) + body
     decoder = Decoder(REQ)
-    assert decoder.feed(data[:BIG_PACKET]) == []
-    assert decoder.buffered == BIG_PACKET - 12
-    with pytest.raises(ProtocolError):
-        decoder.feed(data[BIG_PACKET:])
+    assert decoder.feed(data[:MAX_LEADING]) == []
+    assert decoder.buffered == MAX_LEADING - 12
+    with pytest.raises(ProtocolError, match="leading arguments longer than"):
+        decoder.feed(data[MAX_LEADING:BIG_PACKET])  # no function name is that long
     with pytest.raises(ProtocolError):
         decoder.feed(request(PacketType.NOOP))  # stays failed
     decoder = Decoder(RES)

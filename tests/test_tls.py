@@ -5,9 +5,11 @@ Certificates are made at test time with the openssl command.
 
 from __future__ import annotations
 
+import socket
 import ssl
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -136,3 +138,145 @@ def test_binding_beyond_loopback_warns():
     for host in ("0.0.0.0", "", "192.0.2.7", "::"):
         message = exposure_warning(host)
         assert message and "no authentication" in message and "127.0.0.1" in message
+
+
+def nested_sum(x: int) -> int:
+    return sum(gearnb.map(abs, [x, -x], progress=False))
+
+
+class TlsSniffer:
+    """A TCP relay in front of a job server that notes the first byte of every connection
+    before passing bytes both ways: 0x16 opens a TLS handshake; plain Gearman starts with NUL
+    (binary) or a letter (admin text)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.first_bytes: list[int] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+
+    def _relay(self, conn: socket.socket) -> None:
+        conn.settimeout(30)
+        try:
+            first = conn.recv(1, socket.MSG_PEEK)
+            if not first:
+                conn.close()
+                return
+            with self.lock:
+                self.first_bytes.append(first[0])
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=30)
+        except OSError:
+            conn.close()
+            return
+        for sock in (conn, upstream):
+            sock.settimeout(None)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=self._pump, args=(upstream, conn), daemon=True).start()
+        self._pump(conn, upstream)
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_tls_only_cluster_map_cancel_worker_count_and_status(certs, tmp_path):
+    """Every connection gearnb makes - the workers' (guard, task process, control function), the
+    Executor's jobs, its worker count, its cancel and its stop of a running task, a nested map
+    in a task, ``gearnb status`` - speaks TLS with a client certificate: a relay in front of the
+    server sees a TLS handshake open each one, and the server refuses plain text (main: cancel
+    and worker_count connected in plain text, and connect() and the commands had no TLS)."""
+    server = GearnbProcess("--ssl-cert", str(certs / "server.pem"), "--ssl-key", str(certs / "server.key"),
+                           "--ssl-ca", str(certs / "ca.pem")).start()
+    relay = TlsSniffer(server.port)
+    options = ("--ssl-ca", str(certs / "ca.pem"), "--ssl-cert", str(certs / "client.pem"),
+               "--ssl-key", str(certs / "client.key"))
+    workers = WorkerProcesses(relay.address, processes=2, key=KEY, extra=options).start(wait=False)
+    context = tls(certs)
+
+    def pyexec_status() -> tuple[int, int, int]:
+        with gearnb.Admin(relay.address, ssl=context) as admin:
+            for status in admin.status():
+                if status.function == "pyexec":
+                    return status.total, status.running, status.workers
+        return 0, 0, 0
+
+    try:
+        wait_until(lambda: pyexec_status()[2] == 2, timeout=30)
+        ex = gearnb.connect(relay.address, key=KEY, ssl=context)
+        assert gearnb.map(lambda x: x * 2, range(50), progress=False) == [x * 2 for x in range(50)]
+        assert ex.worker_count() == 2
+        # A nested map connects from the task process as its worker does: over TLS.
+        assert gearnb.map(nested_sum, [1, 2], progress=False) == [2, 4]
+
+        gate = tmp_path / "go"
+
+        def wait_for(path: str) -> str:
+            import os
+            import time
+            for _ in range(1200):
+                if os.path.exists(path):
+                    return "went"
+                time.sleep(0.05)
+            return "gave up"
+
+        blockers = [gearnb.submit(wait_for, str(gate)) for _ in range(2)]
+        wait_until(lambda: pyexec_status()[1] == 2, timeout=30)  # both workers busy
+        queued = [gearnb.submit(abs, -i) for i in range(4)]
+        wait_until(lambda: pyexec_status()[0] == 6, timeout=30)
+        assert ex.cancel(queued) == 4
+        assert all(future.cancelled() for future in queued)
+        # A running task is stopped where it runs: through the workers' control function, a
+        # TLS connection of its own (gearnb/pyexec/control.py).
+        assert blockers[0].cancel(force=True) and blockers[0].cancelled()
+        wait_until(lambda: pyexec_status()[1] == 1, timeout=30)
+        gate.touch()
+        assert blockers[1].result(timeout=30) == "went"
+        wait_until(lambda: pyexec_status() == (0, 0, 2), timeout=30)
+
+        status = subprocess.run([sys.executable, "-m", "gearnb", "status", "--servers", relay.address, *options],
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        rows = [line.split() for line in status.stdout.splitlines()]
+        assert [relay.address, "pyexec", "0", "0", "2"] in rows
+        # Plain text to the server itself gets nowhere.
+        with pytest.raises((ConnectionError, OSError)):
+            with gearnb.Admin(server.address, timeout=5) as admin:
+                admin.status()
+    finally:
+        gearnb.shutdown()
+        workers.stop()
+        server.stop()
+        relay.close()
+    # The workers (2), the executor's client, its worker count and cancel, each status poll and
+    # `gearnb status`: every one opened with a TLS handshake record.
+    print(f"{len(relay.first_bytes)} connections, first bytes {sorted(set(relay.first_bytes))}")
+    assert len(relay.first_bytes) >= 8
+    assert set(relay.first_bytes) == {0x16}, [hex(b) for b in relay.first_bytes]

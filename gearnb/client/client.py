@@ -16,7 +16,6 @@ from typing import Any, Iterable
 from .._loop import io_loop
 from ..addresses import ServerSpec, parse_servers
 from ..protocol import PT
-from ..protocol.packets import DEFAULT_MAX_PACKET_SIZE
 from .core import DEFAULT_SUBMIT_TIMEOUT, ClientCore
 from .submission import Submission
 from .task import _ENDED, JobHandle, JobStatus, Task, TaskSet, _OwnQueue
@@ -33,7 +32,9 @@ class Client:
     only the calling thread and works inside a running event loop (a Jupyter kernel).
     ``servers`` defaults to ``GEARMAN_SERVERS``, then ``127.0.0.1:4730``. ``namespace`` is put
     in front of every function name submitted (libgearman's namespace); give the workers the
-    same one.
+    same one. ``max_packet_size``: the largest packet sent or taken (gearnb.limits: default
+    ``GEARNB_MAX_PACKET_SIZE``, else the protocol's 4 GiB - 1); a job over it fails at once
+    with :class:`~gearnb.errors.PacketTooLarge`. ``ssl``: a ``gearnb.tls.client_context``.
     """
 
     def __init__(
@@ -41,7 +42,7 @@ class Client:
         servers: ServerSpec = None,
         *,
         submit_timeout: float = DEFAULT_SUBMIT_TIMEOUT,
-        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        max_packet_size: int | str | None = None,
         ssl: Any = None,
         namespace: str | bytes = "",
     ) -> None:
@@ -49,6 +50,7 @@ class Client:
         self._io = io_loop()
         self._core = ClientCore(self.servers, submit_timeout=submit_timeout,
                                 max_packet_size=max_packet_size, ssl=ssl, namespace=namespace)
+        self.max_packet_size = self._core.max_packet_size  # the limit in bytes, resolved (gearnb.limits)
         self._pid = os.getpid()  # its I/O thread belongs to this process (see submit_many)
         self._outbox: deque[Task] = deque()  # tasks on their way to the I/O thread
         self._outbox_scheduled = False

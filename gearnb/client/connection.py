@@ -1,7 +1,9 @@
 """One client connection to one job server: pipelined submits, replies matched to submissions.
 
 JOB_CREATED and ERROR answer submits in order (matched FIFO); WORK_* packets carry the
-handle. Writes made in one turn of the event loop go out in one system call.
+handle. Writes made in one turn of the event loop go out in one system call. A packet over
+this client's max_packet_size is dropped by the decoder, which hands out its head: the job
+it reports on (or the request it answers) fails with :class:`~gearnb.errors.PacketTooLarge`.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ServerError
+from ..errors import PacketTooLarge, ServerError
+from ..limits import CLIENT_SETTING, too_large
 from ..protocol import PT, REQ, RES, Decoder, PacketType, ProtocolError, pack_parts, request
-from ..protocol.codec import BIG_PACKET, check_args
-from ..protocol.packets import DEFAULT_MAX_PACKET_SIZE, Packet
+from ..protocol.codec import BIG_PACKET, OVERSIZE, PacketHead, check_args
+from ..protocol.packets import Packet
 from ..sockets import tune
-from .submission import COMPLETE, EV_DATA, EV_STATUS, EV_WARNING, FAILED
+from .submission import COMPLETE, EV_DATA, EV_STATUS, EV_WARNING, FAILED, REFUSED
 
 if TYPE_CHECKING:
     from .core import ClientCore
@@ -28,6 +31,12 @@ log = logging.getLogger("gearnb.client")
 _FINAL_TYPES = frozenset((PT.WORK_COMPLETE, PT.WORK_FAIL, PT.WORK_EXCEPTION))
 _WORK_TYPES = frozenset((PT.WORK_STATUS, PT.WORK_DATA, PT.WORK_WARNING)) | _FINAL_TYPES
 _ANSWER_TYPES = frozenset((PT.STATUS_RES, PT.STATUS_RES_UNIQUE, PT.ECHO_RES, PT.OPTION_RES))
+
+
+def submit_size(sub: Submission, namespace: bytes = b"") -> int:
+    """The body size of ``sub``'s SUBMIT packet: what a max_packet_size limits."""
+    size = len(namespace) + len(sub.function) + len(sub.unique) + len(sub.data) + 2
+    return size if sub.when is None else size + len(str(int(sub.when))) + 1
 
 
 def submit_parts(sub: Submission, namespace: bytes = b"") -> list[bytes]:
@@ -44,7 +53,7 @@ def submit_parts(sub: Submission, namespace: bytes = b"") -> list[bytes]:
 class ClientConnection(asyncio.BufferedProtocol):
     """Protocol for one server; decisions (retry, failover) are left to its ``owner``."""
 
-    def __init__(self, address: str, owner: ClientCore, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> None:
+    def __init__(self, address: str, owner: ClientCore, max_packet_size: int) -> None:
         self.address = address
         self.owner = owner
         self.decoder = Decoder(RES, max_packet_size=max_packet_size, raw=True)
@@ -192,8 +201,9 @@ class ClientConnection(asyncio.BufferedProtocol):
             item = self._pop_any()
             # Named for the error's wording where a server lacks the feature (the Perl server).
             refused = None if item is None or isinstance(item, asyncio.Future) else PT_NAMES[item.submit_type]
-            error = ServerError(args[0].decode(errors="replace"), args[1].decode(errors="replace"), self.address,
-                                request=refused)
+            code, text = args[0].decode(errors="replace"), args[1].decode(errors="replace")
+            error = (PacketTooLarge(text, self.address, refused) if code == "ARGUMENT_TOO_LARGE"
+                     else ServerError(code, text, self.address, request=refused))
             if item is None:
                 log.warning("job server %s: %s", self.address, error)
             elif isinstance(item, asyncio.Future):
@@ -209,7 +219,30 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         if ptype == PT.NOOP:
             return
+        if ptype == OVERSIZE:
+            self._oversize(args)
+            return
         log.warning("unexpected %s from %s", PT_NAMES.get(ptype, ptype), self.address)
+
+    def _oversize(self, head: PacketHead) -> None:
+        """A packet over our max_packet_size came (and was dropped): fail what it was for."""
+        name = PT_NAMES.get(head.type, str(head.type))
+        if head.type in _WORK_TYPES and head.args:
+            handle = head.args[0].rstrip(b"\0")
+            what = f"the {name} of job {handle.decode(errors='replace')}"
+            error = PacketTooLarge(too_large(what, head.size, self.decoder.max_packet_size, "this client's",
+                                             CLIENT_SETTING), self.address)
+            log.error("%s", error)
+            for sub in self.jobs.pop(handle, ()):  # no later packet of that job is taken
+                sub.end(REFUSED, error=error)
+            return
+        error = PacketTooLarge(too_large(f"the {name} packet", head.size, self.decoder.max_packet_size,
+                                         "this client's", CLIENT_SETTING), self.address)
+        log.error("%s", error)
+        if head.type in _ANSWER_TYPES:
+            item = self._pop_any()
+            if isinstance(item, asyncio.Future) and not item.done():
+                item.set_exception(error)
 
     def _pop_any(self) -> Any:
         return self.pending.popleft() if self.pending else None

@@ -17,11 +17,11 @@ import time
 import zlib
 from typing import TYPE_CHECKING
 
-from ..errors import NoJobServers, ServerError
+from .. import limits
+from ..errors import NoJobServers, PacketTooLarge, ServerError
 from ..protocol import PacketType
-from ..protocol.packets import DEFAULT_MAX_PACKET_SIZE
 from ..addresses import split_address
-from .connection import ClientConnection
+from .connection import ClientConnection, submit_size
 from .submission import REFUSED
 from .task import JobStatus
 
@@ -38,6 +38,10 @@ BACKOFF_MAX = 5.0
 CONNECT_TIMEOUT = 5.0
 # How long a submission waits for any server to come back before it fails with NoJobServers.
 DEFAULT_SUBMIT_TIMEOUT = 30.0
+# Room in a SUBMIT packet for what is not the data: a function name (up to 512 bytes, as in
+# gearmand), a unique (64), an epoch time, NULs. Data below max_packet_size less this is not
+# measured further.
+SUBMIT_ROOM = 1024
 
 
 class ServerState:
@@ -66,7 +70,7 @@ class ClientCore:
         servers: list[str],
         *,
         submit_timeout: float = DEFAULT_SUBMIT_TIMEOUT,
-        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        max_packet_size: int | str | None = None,
         ssl: object = None,
         namespace: str | bytes = b"",
     ) -> None:
@@ -75,7 +79,8 @@ class ClientCore:
         # gearman_client_set_namespace(): teams or tests share job servers without clashing.
         self.namespace = namespace.encode() if isinstance(namespace, str) else bytes(namespace)
         self.submit_timeout = submit_timeout
-        self.max_packet_size = max_packet_size
+        self.max_packet_size = limits.max_packet_size(max_packet_size)
+        self._data_unchecked = self.max_packet_size - SUBMIT_ROOM - len(self.namespace)
         self.ssl = ssl
         self._next = 0
         self.closed = False
@@ -158,6 +163,8 @@ class ClientCore:
         if self.closed:
             sub.end(REFUSED, error=NoJobServers("the client is closed"))
             return
+        if len(sub.data) > self._data_unchecked and self._too_large(sub):
+            return
         servers = self.servers
         if len(servers) == 1 and not sub.tried:
             # One server, connected: what the loop below comes to, without its set-up (this
@@ -185,6 +192,17 @@ class ClientCore:
             if state.connecting is None:
                 asyncio.ensure_future(self._connect_quietly(state))
         asyncio.ensure_future(self._submit_when_connected(sub, avoid))
+
+    def _too_large(self, sub: Submission) -> bool:
+        """End ``sub`` (REFUSED, PacketTooLarge) if its packet is over our limit; at once, before
+        a byte of it is sent."""
+        size = submit_size(sub, self.namespace)
+        if size <= self.max_packet_size:
+            return False
+        sub.end(REFUSED, error=PacketTooLarge(limits.too_large(
+            f"the job's packet ({sub.function.decode(errors='replace')})", size, self.max_packet_size,
+            "this client's", limits.CLIENT_SETTING)))
+        return True
 
     def flush(self) -> None:
         """Write every connection's queued submits now (after a batch was handed over)."""

@@ -43,13 +43,15 @@ class Executor(concurrent.futures.Executor):
     def __init__(self, servers: ServerSpec = None, key: bytes | str | None = None, *,
                  key_file: str | None = None, function: str = PYEXEC, show_output: bool = True,
                  ssl: Any = None, crash_attempts: int = DEFAULT_CRASH_ATTEMPTS,
-                 output_limit: int = DEFAULT_OUTPUT_LIMIT) -> None:
+                 output_limit: int = DEFAULT_OUTPUT_LIMIT, max_packet_size: int | str | None = None) -> None:
         resolved = load_key(key, key_file)
         # A task whose worker process dies (exits, segfaults, is killed) is tried this many
         # times in all, each time in a fresh process, then fails with gearnb.WorkerDied.
         self.crash_attempts = crash_attempts
         self._key = resolved  # for a forked child's executor (gearnb.api)
-        self.client = Client(servers, ssl=ssl)  # ssl: gearnb.tls.client_context(...)
+        # ssl: gearnb.tls.client_context(...), for every connection (jobs, worker count, cancel);
+        # max_packet_size: gearnb.limits.
+        self.client = Client(servers, ssl=ssl, max_packet_size=max_packet_size)
         self.servers = self.client.servers
         self.ssl = ssl
         # Without a key, plain Gearman calls (call()) still work; Python callables need one.
@@ -155,7 +157,7 @@ class Executor(concurrent.futures.Executor):
         count = 0
         for server in self.servers:
             try:
-                with Admin(server, timeout=2) as admin:
+                with Admin(server, timeout=2, ssl=self.ssl) as admin:
                     count += sum(s.workers for s in admin.status() if s.function == self.function.decode())
             except OSError:
                 continue

@@ -30,7 +30,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 from ..client.submission import EV_DATA, EV_END, EV_STATUS, EV_WARNING, Submission
-from ..errors import ServerError, WorkerDied
+from ..errors import PacketTooLarge, ServerError, WorkerDied
 from ..pyexec import envelope, taskio
 from ..pyexec.runner import HOST, task_cluster
 from ..pyexec.sharing import RunShares
@@ -368,8 +368,8 @@ class Run:
 
 
 def _retryable(exc: BaseException) -> bool:
-    """Running it again cannot help a payload the worker refused or cannot read."""
-    return not isinstance(exc, (envelope.VersionMismatch, RefusedPayload))
+    """Running it again cannot help a payload the worker refused or cannot read, or one too large."""
+    return not isinstance(exc, (envelope.VersionMismatch, RefusedPayload, PacketTooLarge))
 
 
 class CallRun(Run):

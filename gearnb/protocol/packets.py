@@ -17,10 +17,10 @@ RES = b"\0RES"  # magic of packets sent by the job server
 HEADER = struct.Struct(">4sII")  # magic, type, body size; all big-endian
 HEADER_SIZE = HEADER.size  # 12
 
-# gearmand itself accepts very large packets (an 8 MiB ECHO came back whole); we bound the
-# buffer per connection so a hostile peer cannot make us allocate without limit. 128 MiB holds
-# a 64 MiB numpy argument (the largest the benchmarks send) with room to spare.
-DEFAULT_MAX_PACKET_SIZE = 128 * 1024 * 1024
+# The header's size field is 32 bits: no packet body is larger than this. It is the default
+# limit too (gearnb.limits: the one max_packet_size setting): receivers grow a packet's buffer
+# as its bytes arrive, and the job server bounds its memory as a whole (server/bounds.py).
+DEFAULT_MAX_PACKET_SIZE = 0xFFFFFFFF
 
 # Limits from gearmand: GEARMAND_JOB_HANDLE_SIZE 64 and GEARMAN_MAX_UNIQUE_SIZE 64, each
 # including a terminating NUL, and GEARMAN_FUNCTION_MAX_SIZE 512.

@@ -339,8 +339,15 @@ def task_main(argv: list[str]) -> int:
     parser.add_argument("--client-id")
     parser.add_argument("--job-timeout", type=float)
     parser.add_argument("--no-exception-packets", dest="exception_packets", action="store_false")
+    parser.add_argument("--max-packet-size")
+    for option in ("--ssl-ca", "--ssl-cert", "--ssl-key"):
+        parser.add_argument(option)
     args = parser.parse_args(argv[2:])
-    worker = Worker(args.servers, client_id=args.client_id, exception_packets=args.exception_packets, slot=slot)
+    from ..tls import client_context_from
+
+    context = client_context_from(args.ssl_ca, args.ssl_cert, args.ssl_key)
+    worker = Worker(args.servers, client_id=args.client_id, exception_packets=args.exception_packets, slot=slot,
+                    max_packet_size=args.max_packet_size, ssl=context)
 
     def passed(index: int, sock: socket.socket) -> None:
         try:
@@ -356,7 +363,7 @@ def task_main(argv: list[str]) -> int:
     os.environ.pop("GEARNB_KEY", None)  # user code in the task process does not need the key
     runner = None
     if key:
-        runner = PyexecRunner(key, slot=slot, worker_pid=os.getppid())  # the guard: its worker
+        runner = PyexecRunner(key, slot=slot, worker_pid=os.getppid(), ssl=context)  # the guard: its worker
         worker.register(PYEXEC, runner, timeout=args.job_timeout)
     load_functions(worker, args.imports)
     links = runner.links if runner is not None else None

@@ -56,6 +56,7 @@ class TaskCluster(NamedTuple):
     servers: list[str]  # the job server that handed out the task
     key: bytes
     worker: str  # "host:pid" of the worker running the task, as its results' timings name it
+    ssl: Any = None  # the worker's TLS context: a nested map connects as the worker does
 
 
 _current: TaskChannel | None = None  # the channel of the job this process is running, for report()
@@ -103,8 +104,9 @@ class PyexecRunner:
     """Callable as a worker function: ``worker.register("pyexec", PyexecRunner(key))``."""
 
     def __init__(self, key: bytes, function_name: str = PYEXEC, slot: Any = None, *,
-                 worker_pid: int | None = None) -> None:
+                 worker_pid: int | None = None, ssl: Any = None) -> None:
         self.signer = Signer(key)
+        self.ssl = ssl  # the worker's TLS context, for nested maps: task_cluster()
         # In a task process: the guard's JobSlot, told each job's call once it is verified, so
         # the guard can answer for the call if this process dies (isolation.py).
         self.slot = slot
@@ -253,7 +255,7 @@ class PyexecRunner:
         sys.stdout, sys.stderr = channel.stdout, channel.stderr
         server = getattr(job, "server", "")
         if server:
-            _cluster = (TaskCluster([server], self._key, f"{HOST}:{self._pids[0]}"),
+            _cluster = (TaskCluster([server], self._key, f"{HOST}:{self._pids[0]}", self.ssl),
                         None if self.worker_pid else threading.get_ident())
         _current = channel
         started = time.time()

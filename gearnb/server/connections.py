@@ -7,7 +7,9 @@ hands the packets and admin lines to :meth:`JobServer.received`, whose handlers 
 :meth:`send` / :meth:`send_packet`; the server's :class:`~gearnb.server.outbox.Outbox`
 calls :meth:`write_out` when it is time to write. What a connection *is* to the server -
 a client, a worker or both (gearmand allows that) - lives in the records it points to
-(``client``, ``worker``), which the server core makes.
+(``client``, ``worker``), which the server core makes. Why the server is not reading from
+it (:meth:`pause`: its own replies pile up, a slow client it feeds, the memory bound) and
+what it holds of the server's memory (``receiving``) are decided in :mod:`.bounds`.
 """
 
 from __future__ import annotations
@@ -28,15 +30,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gearnb.server")
 
-# Stop reading from a peer whose replies pile up unread beyond this many bytes: a client
-# that submits without ever reading cannot grow our memory without bound.
+# Stop reading from a peer whose replies pile up unread beyond this many bytes, and from the
+# workers that feed it (bounds.py): a client that never reads cannot grow our memory.
 HIGH_WATER = 4 * 1024 * 1024
+SELF = "own replies"  # the reason to stop reading a peer whose replies pile up (see pause())
 
 
 class Connection(asyncio.BufferedProtocol):
     __slots__ = (
         "server", "outbox", "transport", "decoder", "fd", "peer", "client_id", "client", "worker",
-        "out", "out_bytes", "closed",
+        "out", "out_bytes", "closed", "newcomer", "pauses", "holding", "receiving", "watch", "drain",
     )
 
     def __init__(self, server: JobServer) -> None:
@@ -44,7 +47,7 @@ class Connection(asyncio.BufferedProtocol):
         self.outbox = server.outbox
         self.transport: asyncio.Transport | None = None
         self.decoder = Decoder(REQ, allow_text=True, max_packet_size=server.max_packet_size,
-                               read_buffer=server.read_buffer, raw=True, table=server.dispatch)
+                               read_buffer=server.read_buffer, raw=True, lazy=True, table=server.dispatch)
         self.fd = -1
         self.peer = "-"
         self.client_id = b"-"
@@ -53,6 +56,12 @@ class Connection(asyncio.BufferedProtocol):
         self.out: list[bytes] = []  # bytes queued for the peer, written by write_out()
         self.out_bytes = 0
         self.closed = False
+        self.newcomer = True  # unauthenticated: no complete packet yet (bounds.py)
+        self.pauses: set[object] = set()  # why we do not read from it now (empty: we do)
+        self.holding: list[Connection] = []  # workers not read from until this slow client drains
+        self.receiving = 0  # the declared size of the large packet arriving, counted in server.held
+        self.watch: tuple[object, float] | None = None  # the sweep's stall timers (bounds.py)
+        self.drain: tuple[object, float] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -78,8 +87,13 @@ class Connection(asyncio.BufferedProtocol):
         except ProtocolError as exc:
             self._refuse(exc)
             return
+        except MemoryError:
+            self._out_of_memory()
+            return
         if items:
             self.server.received(self, items)
+            if self.receiving and not self.decoder.receiving_large:
+                self.server.bounds.large_done(self)
 
     def data_received(self, data: bytes) -> None:
         """For transports that hand over bytes instead of reading into :meth:`get_buffer`."""
@@ -88,8 +102,20 @@ class Connection(asyncio.BufferedProtocol):
         except ProtocolError as exc:
             self._refuse(exc)
             return
+        except MemoryError:
+            self._out_of_memory()
+            return
         if items:
             self.server.received(self, items)
+            if self.receiving and not self.decoder.receiving_large:
+                self.server.bounds.large_done(self)
+
+    def _out_of_memory(self) -> None:
+        # The process could not make room for a packet (an address-space limit): this peer's
+        # packet is lost, the server and everyone else carry on.
+        self.protocol_error(ProtocolError("the job server ran out of memory receiving this packet; try again "
+                                          "later, or give the server more memory", "SERVER_ERROR"))
+        self.outbox.flush()
 
     def _refuse(self, exc: ProtocolError) -> None:
         # A peer that sends garbage loses its connection (after an ERROR saying why), as with
@@ -113,13 +139,31 @@ class Connection(asyncio.BufferedProtocol):
         self.outbox.flush()
 
     def pause_writing(self) -> None:
-        # Our replies to this peer are piling up: stop reading its requests until it drains.
-        if self.transport is not None:
-            self.transport.pause_reading()
+        # Our replies to this peer are piling up: stop reading its requests until it drains
+        # (and, bounds.py, the workers that feed it).
+        self.pause(SELF)
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.resume_reading()
+        self.unpause(SELF)
+        self.server.bounds.drained(self)
+
+    @property
+    def slow(self) -> bool:
+        """Its replies pile up unread (past HIGH_WATER): workers feeding it are held."""
+        return SELF in self.pauses
+
+    def pause(self, reason: object) -> None:
+        """Stop reading from this peer for ``reason`` (until :meth:`unpause` of every reason)."""
+        if not self.pauses and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.pauses.add(reason)
+
+    def unpause(self, reason: object) -> None:
+        pauses = self.pauses
+        if reason in pauses:
+            pauses.discard(reason)
+            if not pauses and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
 
     # -- output -------------------------------------------------------------------------
     def send(self, data: bytes) -> None:

@@ -3,7 +3,8 @@
 Named after gearmand's pieces: jobs (:mod:`.jobs`), functions and their queues
 (:mod:`.functions`), the client and worker sides of a connection (:mod:`.clients`,
 :mod:`.workers`, where the sleep/wake machine lives), connections (:mod:`.connections`),
-replies waiting to be written (:mod:`.outbox`), admin text (:mod:`.admin`). Behaviour
+replies waiting to be written (:mod:`.outbox`), admin text (:mod:`.admin`), what the server
+may hold and who waits or leaves when it is full (:mod:`.bounds`). Behaviour
 follows gearmand 1.1.x where ../shared/reference/gearman-protocol.md says so, with its known
 bugs fixed (epoch jobs wake workers; no thundering herd; stale sleepers cannot absorb
 wake-ups).
@@ -23,11 +24,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from ..protocol import ADMIN_LINE, DEFAULT_MAX_PACKET_SIZE, HIGH, PT, RES, SUBMIT_TYPES, ProtocolError
+from .. import limits
+from ..protocol import ADMIN_LINE, HIGH, PT, RES, SUBMIT_TYPES, ProtocolError
 from ..protocol import pack, pack_parts
-from ..protocol.codec import BIG_PACKET, RECV_BUFFER
+from ..protocol.codec import BIG_PACKET, LARGE, OVERSIZE, RECV_BUFFER
 from ..protocol.packets import ARG_COUNT, MAX_UNIQUE_SIZE
 from .admin import AdminCommands
+from .bounds import Bounds
 from .clients import ClientRecord
 from .functions import Function
 from .jobs import DONE, QUEUED, RUNNING, SCHEDULED, Job, coalescing_key, handles
@@ -53,23 +56,28 @@ class JobServer:
     """All state of one job server, independent of sockets (see :mod:`.listener`).
 
     ``timers`` is the serving event loop (``call_soon``, ``call_later``); without it, epoch
-    jobs, CAN_DO_TIMEOUT and wake-up checks do not run, and replies are written only when
-    :meth:`Outbox.flush` is called (in-process uses such as bench/queued_memory.py).
+    jobs, CAN_DO_TIMEOUT, wake-up checks and the bounds' timeouts do not run, and replies are
+    written only when :meth:`Outbox.flush` is called (in-process uses such as
+    bench/queued_memory.py). ``max_packet_size`` (default: gearnb.limits), ``max_memory``,
+    ``max_connections``, ``first_packet_timeout`` and ``stall_timeout``: see :mod:`.bounds`.
     """
 
     def __init__(
         self,
         *,
         timers: Timers | None = None,
-        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        max_packet_size: int | str | None = None,
         job_retries: int = DEFAULT_JOB_RETRIES,
         handle_prefix: str | None = None,
         exceptions_default: bool = False,
         queue: Queue | None = None,
         can_do_timeout_seconds: bool = False,
+        **bounds: Any,
     ) -> None:
         self.timers = timers
-        self.max_packet_size = max_packet_size
+        self.max_packet_size = limits.max_packet_size(max_packet_size)
+        # Bytes of job data kept and of large packets being received (bounds.py).
+        self.held = 0
         # CAN_DO_TIMEOUT in seconds, as the Perl Gearman::Server reads it and Perl workers send it.
         self.can_do_timeout_seconds = can_do_timeout_seconds
         # As gearmand 1.1.x: 0 means unlimited; N means a job whose worker died N times is failed.
@@ -122,17 +130,28 @@ class JobServer:
         self.dispatch: dict[int, tuple[int, Handler]] = {
             ptype: (ARG_COUNT.get(ptype, 0), self.handlers.get(ptype) or functools.partial(self._unexpected, ptype))
             for ptype in [*ARG_COUNT, ADMIN_LINE]}
+        self.bounds = Bounds(self, **bounds)
+        # The head of a large packet (lazy decoder) and of one over max_packet_size: not a
+        # packet yet, so not one that makes a connection authenticated (bounds.first_items).
+        self.dispatch[LARGE] = (0, self.bounds.large_packet)
+        self.dispatch[OVERSIZE] = (0, self.bounds.oversize)
+        self.head_handlers = frozenset((self.dispatch[LARGE][1], self.dispatch[OVERSIZE][1]))
         self.packet_types = {handler: ptype for ptype, (_, handler) in self.dispatch.items()}  # for traces
 
     # -- connections ----------------------------------------------------------------------
     def connection_made(self, conn: Connection) -> None:
         self.connections[conn] = None
+        self.bounds.connection_made(conn)
 
     def received(self, conn: Connection, items: list[tuple[Handler, Any]]) -> None:
-        """Run each ``(handler, args)`` decoded from one read (see ``dispatch``), in order."""
+        """Run each ``(handler, args)`` decoded from one read (see ``dispatch``), in order
+        (LARGE and OVERSIZE items carry a large packet's head)."""
+        if conn.newcomer:
+            self.bounds.first_items(conn, items)
         if self.tracer is not None:  # the tracer reads packet types
             types = self.packet_types
-            self.tracer.received(conn, [(types[handler], args) for handler, args in items])
+            self.tracer.received(conn, [(types[handler], args) for handler, args in items
+                                        if types[handler] >= ADMIN_LINE])
         for handler, args in items:
             if conn.closed:
                 break
@@ -152,6 +171,7 @@ class JobServer:
         if self.tracer is not None:  # before the requeues and wake-ups it causes
             self.tracer.closed(conn)
         self.connections.pop(conn, None)
+        self.bounds.connection_lost(conn)
         worker = conn.worker
         if worker is not None:
             woken_for = self.wakeups.forget(worker)
@@ -266,6 +286,8 @@ class JobServer:
             client = conn.client or self._client_of(conn)
         job = Job(next(self.handles), function, unique, key, data, priority, background, when, reducer, client)
         self.jobs[job.handle] = job
+        if len(data) >= BIG_PACKET:  # counted against --max-memory (bounds.py: large jobs only)
+            self.held += len(data)
         if key:
             function.by_unique[key] = job
         if background and self.queue is not None:
@@ -429,9 +451,9 @@ class JobServer:
             return None
         return job
 
-    @staticmethod
-    def _to_clients(job: Job, ptype: int, args: Sequence[bytes]) -> None:
-        """Send one packet to every client waiting for ``job``, encoded once."""
+    def _to_clients(self, job: Job, ptype: int, args: Sequence[bytes], source: Connection | None = None) -> None:
+        """Send one packet to every client waiting for ``job``, encoded once; a slow client
+        holds ``source``, the worker that sent it (bounds.py)."""
         clients = job.clients
         if not clients:
             return
@@ -439,35 +461,41 @@ class JobServer:
         if len(args[-1]) < BIG_PACKET:
             packet = pack(RES, ptype, args)
             for client in clients:
-                client.conn.send(packet)
+                conn = client.conn
+                conn.send(packet)
+                if conn.pauses:  # not read from: perhaps a slow client
+                    self.bounds.hold(source, conn)
             return
         parts = pack_parts(RES, ptype, args)  # a large result is not copied
         for client in clients:
+            conn = client.conn
             for part in parts:
-                client.conn.send(part)
+                conn.send(part)
+            if conn.pauses:
+                self.bounds.hold(source, conn)
 
     def work_status(self, conn: Connection, args: Sequence[bytes]) -> None:
         job = self._worker_job(conn, args[0])
         if job is not None:
             job.numerator, job.denominator = args[1], args[2]
-            self._to_clients(job, PT.WORK_STATUS, args)
+            self._to_clients(job, PT.WORK_STATUS, args, conn)
 
     def work_data(self, conn: Connection, args: Sequence[bytes]) -> None:
         """WORK_DATA: passed on to every client waiting for the job."""
         job = self._worker_job(conn, args[0])
         if job is not None:
-            self._to_clients(job, PT.WORK_DATA, args)
+            self._to_clients(job, PT.WORK_DATA, args, conn)
 
     def work_warning(self, conn: Connection, args: Sequence[bytes]) -> None:
         """WORK_WARNING: passed on to every client waiting for the job."""
         job = self._worker_job(conn, args[0])
         if job is not None:
-            self._to_clients(job, PT.WORK_WARNING, args)
+            self._to_clients(job, PT.WORK_WARNING, args, conn)
 
     def work_complete(self, conn: Connection, args: Sequence[bytes]) -> None:
         job = self._worker_job(conn, args[0])
         if job is not None:
-            self._to_clients(job, PT.WORK_COMPLETE, args)
+            self._to_clients(job, PT.WORK_COMPLETE, args, conn)
             self._end_job(job)
 
     def work_fail(self, conn: Connection, args: Sequence[bytes]) -> None:
@@ -484,6 +512,8 @@ class JobServer:
             if client.exceptions:
                 for part in pack_parts(RES, PT.WORK_EXCEPTION, args):
                     client.conn.send(part)
+                if client.conn.pauses:
+                    self.bounds.hold(conn, client.conn)
             else:  # clients that did not ask for exceptions get WORK_FAIL (no trailing NUL)
                 client.conn.send(pack(RES, PT.WORK_FAIL, (job.handle,)))
         self._end_job(job)  # WORK_EXCEPTION ends the job, as in gearmand >= 1.1.9
@@ -495,6 +525,8 @@ class JobServer:
             return
         job.end()
         del self.jobs[job.handle]
+        if len(job.data) >= BIG_PACKET:
+            self.bounds.job_ended(len(job.data))
         key = job.key
         if key and job.function.by_unique.get(key) is job:
             del job.function.by_unique[key]

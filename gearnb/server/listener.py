@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import resource
 import signal
 import threading
 from typing import Any
@@ -66,10 +67,12 @@ class Server:
         loop = asyncio.get_running_loop()
         job_server = self.job_server = JobServer(timers=loop, **self.options)
         job_server.restore()  # background jobs kept in a persistent queue run again
+        tls: dict[str, Any] = {}
+        if self.ssl is not None:
+            # A TLS handshake that does not finish counts as a connection that sent nothing.
+            tls = {"ssl": self.ssl, "ssl_handshake_timeout": job_server.bounds.first_packet_timeout}
         self._server = await loop.create_server(
-            lambda: Connection(job_server), self.host or None, self.port, reuse_address=True, backlog=1024,
-            ssl=self.ssl
-        )
+            lambda: Connection(job_server), self.host or None, self.port, reuse_address=True, backlog=1024, **tls)
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         log.info("gearnb job server listening on %s", self.address)
@@ -137,8 +140,22 @@ class Server:
         self.stop_in_thread()
 
 
+def raise_open_files_limit() -> int:
+    """Raise this process's open-files soft limit to its hard limit, as gearmand does by default
+    (its --file-descriptors): each connection takes one. Returns the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:  # pragma: no cover - a hard limit we may not take
+            log.info("could not raise the open-files limit from %d to %d: %s", soft, hard, exc)
+    return soft
+
+
 def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, ssl: Any = None, **options: Any) -> None:
     """Run a job server in the foreground until SIGTERM or Ctrl-C."""
+    raise_open_files_limit()
     loop = new_event_loop()
     try:
         loop.run_until_complete(Server(host, port, ssl=ssl, **options).serve_forever())
