@@ -333,6 +333,9 @@ def percentile(sorted_values: list[float], pct: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
 
 
+NOT_INSTALLED = 3  # a child's exit status when its framework cannot be imported
+
+
 def child_main(name: str, params: dict[str, Any], out: Path) -> int:
     with contextlib.suppress(Exception):  # die with the bench process
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -340,6 +343,9 @@ def child_main(name: str, params: dict[str, Any], out: Path) -> int:
     child = Child(params, out)
     try:
         getattr(child, f"run_{name}")()
+    except ModuleNotFoundError as exc:  # the framework is not installed here: say so, once
+        print(f"{exc.name} is not installed; pip install -e '.[bench]'", file=sys.stderr)
+        return NOT_INSTALLED
     except Exception as exc:  # noqa: BLE001 - setting up the framework failed
         traceback.print_exc()
         child.emit("setup", error=f"{type(exc).__name__}: {exc}"[:200])
@@ -429,6 +435,8 @@ def run_child(name: str, params: dict[str, Any], workdir: Path, timeout: float) 
                 os.killpg(proc.pid, signal.SIGKILL)  # anything of its group still there
             leftovers = kill_leftovers()
     failed = bool(note) or proc.returncode != 0
+    if proc.returncode == NOT_INSTALLED and not note:
+        return [], "not installed (pip install -e '.[bench]')"
     if proc.returncode and not note:
         note = f"exit status {proc.returncode}"
     if leftovers:  # e.g. ipyparallel engines run in sessions of their own
