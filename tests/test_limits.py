@@ -24,7 +24,9 @@ import pytest
 
 import gearnb
 from gearnb.protocol import REQ, PacketType as P, request
-from peers import GEARMAND, GearmandProcess, RawConnection, WorkerProcesses, free_port, need, wait_port, wait_until
+from peers import (
+    GEARMAND, GearmandProcess, RawConnection, WorkerProcesses, descendants, free_port, need, wait_port, wait_until,
+)
 
 import numpy as np  # noqa: E402 - the test extra installs it (a skip under CI is not allowed)
 
@@ -383,24 +385,13 @@ def test_the_clients_own_limit_is_checked_before_sending(gearnb_address):
 
 def _cmdlines_below(pid: int) -> list[list[str]]:
     """The command lines of ``pid``'s live descendants (from /proc)."""
-    import os
-
-    children: dict[int, list[int]] = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
+    found = []
+    for child in descendants(pid):
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                found.append(f.read().decode().split("\0"))
         except OSError:
-            continue
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            todo.append(child)
-            try:
-                with open(f"/proc/{child}/cmdline", "rb") as f:
-                    found.append(f.read().decode().split("\0"))
-            except OSError:
-                pass
+            pass
     return found
 
 

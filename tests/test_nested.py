@@ -11,31 +11,9 @@ import os
 import pytest
 
 import gearnb
-from peers import WorkerProcesses
+from peers import WorkerProcesses, descendants
 
 KEY = b"n" * 32
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (from /proc: each process's parent)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":  # a zombie is gone, only not reaped yet
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
 
 
 def square(y):

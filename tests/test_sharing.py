@@ -19,7 +19,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import cloudpickle
 import msgpack
@@ -29,7 +28,7 @@ import pytest
 import gearnb
 from gearnb.pyexec import envelope, sharing
 from gearnb.pyexec.signing import Signer
-from peers import IN_CI, WorkerProcesses, wait_until
+from peers import IN_CI, WorkerProcesses, descendants, wait_until
 
 KEY = b"s" * 32
 MEMFD_NAME = "memfd:gearnb-value"
@@ -42,21 +41,7 @@ pytestmark = pytest.mark.skipif(not sharing.available() and not IN_CI, reason="n
 
 def _tree(root: int) -> list[int]:
     """``root`` and every process below it."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += children.get(pid, [])
-    return out
+    return [root, *descendants(root)]
 
 
 def memfds_held(pids: list[int]) -> dict[int, int]:
