@@ -77,6 +77,28 @@ def test_a_worker_can_work_again_and_stop_wakes_it_each_time(server_address):
             assert not thread.is_alive(), f"stop() did not wake the sleeping worker (round {round})"
 
 
+def test_a_function_registered_inside_a_job_is_announced_before_the_worker_sleeps(server_address):
+    # After a job the worker sleeps as soon as the server answers NO_JOB; a function a job
+    # registered must reach the server first (else only after SLEEP_POLL, 30 s).
+    worker = gearnb.Worker(server_address)
+
+    def add_b(job):
+        worker.register("b", lambda job: b"b done")
+        return b"a done"
+
+    worker.register("a", add_b)
+    thread = threading.Thread(target=worker.work, daemon=True)
+    thread.start()
+    try:
+        wait_workers(server_address, "a", 1)
+        with gearnb.Client(server_address) as client:
+            assert client.do("a", b"", timeout=10) == b"a done"
+            assert client.do("b", b"", timeout=10) == b"b done"
+    finally:
+        worker.stop()
+        thread.join(5)
+
+
 def test_a_worker_whose_job_forked_still_sleeps_and_wakes_after_a_reconnect():
     # A job forks (as a fork-started multiprocessing pool does): the child holds a copy of the
     # worker's socket, so closing it does not take it out of the worker's epoll set. After the

@@ -10,6 +10,7 @@ import importlib
 import os
 import sys
 import textwrap
+import time
 import uuid
 
 import pytest
@@ -84,6 +85,31 @@ def test_a_module_a_task_imports_by_name_is_read_again_when_its_file_changes(tmp
         second = ex.gmap(g, range(6), chunksize=1)
         assert [v for v, _ in second] == [22] * 6  # no task process kept its old copy
         assert {p for _, p in first} == {p for _, p in second}  # the same task processes
+
+
+def test_an_edit_saved_while_the_importing_task_runs_is_seen_by_the_next_task(tmp_path, monkeypatch, unique_name):
+    monkeypatch.chdir(tmp_path)
+    module_file = tmp_path / f"{unique_name}.py"
+    write(module_file, "VALUE = 1\n")
+    imported, go = tmp_path / "imported", tmp_path / "go"
+    source = (f"def g(imported, go):\n    import os, pathlib, time, {unique_name}\n"
+              f"    pathlib.Path(imported).touch()\n"
+              f"    for _ in range(3000):\n        if os.path.exists(go):\n            break\n        time.sleep(0.01)\n"
+              f"    return {unique_name}.VALUE\n")
+    namespace: dict = {}
+    exec(compile(source, "<notebook cell>", "exec"), namespace)
+    g = namespace["g"]
+    with gearnb.local(workers=1) as ex:
+        first = ex.submit(g, str(imported), str(go))
+        for _ in range(3000):  # until the task imported the module
+            if imported.exists():
+                break
+            time.sleep(0.01)
+        write(module_file, "VALUE = 22\n")  # saved while the task that imported it runs
+        go.touch()
+        assert first.result(timeout=60) == 1
+        assert ex.submit(g, str(imported), str(go)).result(timeout=60) == 22
+        assert ex.submit(g, str(imported), str(go)).result(timeout=60) == 22
 
 
 def test_the_rule_which_modules_travel_by_value():

@@ -166,6 +166,7 @@ class PyexecRunner:
             raise WorkException(f"gearnb worker refused the job: {exc}".encode()) from None
         if self.links is not None:
             self.links.poll()  # values its callers released meanwhile
+        started_ns = time.time_ns()  # file times are wall-clock times
         try:
             if self.module_watch.drop_changed():
                 self.functions.clear()  # they may hold the old modules' objects
@@ -197,7 +198,7 @@ class PyexecRunner:
         except TaskStopped as exc:
             raise WorkException(self.signer.sign_result(name, call, [envelope.encode_failure(exc)])) from None
         finally:
-            self.module_watch.note_imported()  # what this job imported, as its files are now
+            self.module_watch.note_imported(started_ns)  # what this job imported, as its files are now
         if not msg.get("ch") and 0 in result[1]:
             # A single call that raised: WORK_EXCEPTION, so Gearman tools see a failure.
             raise WorkException(self.signer.sign_result(name, call, result[2]))

@@ -128,6 +128,9 @@ def by_reference() -> Iterator[None]:
 
 
 # -- worker side ---------------------------------------------------------------------------------
+_MTIME_SLACK_NS = 1_000_000_000  # file times come from a coarse clock: lean to importing again
+
+
 def _signature(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -144,10 +147,12 @@ class ModuleWatch:
         self._files: dict[str, tuple[str, tuple[int, int] | None]] = {}  # name -> (path, signature)
         self._count = 0
 
-    def note_imported(self) -> None:
+    def note_imported(self, since_ns: int | None = None) -> None:
         """Record the file signature of user modules imported since the last call. Called after
         each job: a signature taken later (before the next job) could already be the edited
-        file's, and the old module would be kept."""
+        file's, and the old module would be kept. A file written since ``since_ns`` (the job's
+        start, less the file clock's slack) may have changed after the job imported it: its
+        signature is left unknown, so the next job imports it again."""
         if len(sys.modules) == self._count:
             return
         for name, module in list(sys.modules.items()):
@@ -156,7 +161,12 @@ class ModuleWatch:
             self._looked_at.add(name)
             path = user_module_file(module)
             if path is not None:
-                self._files[name] = (path, _signature(path))
+                signature = _signature(path)
+                if since_ns is not None and signature is not None and signature[0] >= since_ns - _MTIME_SLACK_NS:
+                    # Written while the job that imported it ran: what was imported may be the
+                    # file before the edit. Unknown signature: the next job imports it again.
+                    signature = (-1, -1)
+                self._files[name] = (path, signature)
         self._count = len(sys.modules)
 
     def drop_changed(self) -> list[str]:

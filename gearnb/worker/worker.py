@@ -267,7 +267,9 @@ class Worker:
                         break
                     # One server: the result and the next grab leave in one write.
                     pending = result + conn.grab
-            if self._stopping or (did_work and empty < len(live)):
+            # A job that registered or unregistered a function (_changed): announce it first
+            # (_ensure_connected), or the servers learn of it only after SLEEP_POLL.
+            if self._stopping or self._changed or (did_work and empty < len(live)):
                 continue
             self._sleep(live)
 
