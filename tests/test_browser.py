@@ -22,6 +22,9 @@ packages and adds only ``ipykernel>=M,<M+1``. ipykernel 7 moved the shell channe
 thread and keeps the parent message in context variables; gearnb draws the panel only from the
 calling (cell) thread, so its widget updates go out the same way on both.
 
+The kernel specs, the Jupyter server and the browser runs are in tests/browser_harness.py; the
+kernel client in tests/kernels.py.
+
 tests/run.sh installs Chromium (apt) and the notebook extra (pip); missing pieces skip here
 and fail under CI=true. Playwright drives /usr/bin/chromium: ``playwright install`` is never run.
 """
@@ -30,114 +33,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import shutil
-import signal
-import subprocess
 import sys
-import textwrap
 import time
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
-from peers import IN_CI, free_port
-
-REPO = Path(__file__).resolve().parent.parent
-QUICKSTART = REPO / "notebooks" / "01-quickstart.ipynb"
-ARTIFACTS = REPO / "tests" / "artifacts"
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-MAJORS = (6, 7)
-RUN_ALL_TIMEOUT = 150  # seconds for a whole notebook, kernel start included
-PANEL_WIDGET_ERRORS = ("Loading widget", "Error displaying widget")
-
-pytestmark = pytest.mark.timeout(300)
-
-
-def _require(ok: object, message: str) -> None:
-    """Missing tools fail under CI=true and skip elsewhere (as peers.need does for binaries)."""
-    if ok:
-        return
-    message += " (bash tests/run.sh installs it)"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def _importable(module: str) -> bool:
-    try:
-        __import__(module)
-        return True
-    except ImportError:
-        return False
-
-
-def _ipykernel_version(python: str) -> str:
-    out = subprocess.run([python, "-c", "import ipykernel; print(ipykernel.__version__)"],
-                         capture_output=True, text=True, timeout=60)
-    return out.stdout.strip() if out.returncode == 0 else ""
-
-
-def _venv_with_ipykernel(base: Path, major: int) -> str:
-    """A venv seeing this interpreter's packages, with ``ipykernel>=major,<major+1`` on top.
-
-    A .pth that calls site.addsitedir on this interpreter's site-packages (rather than
-    --system-site-packages) also works when this interpreter is itself a venv; the venv's own
-    site-packages comes first, so its ipykernel wins.
-    """
-    import site
-    import sysconfig
-
-    venv = base / f"ipykernel{major}"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    python = str(venv / "bin" / "python")
-    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                             capture_output=True, text=True, check=True, timeout=60).stdout.strip()
-    parents = [p for p in [*site.getsitepackages(), sysconfig.get_path("purelib")] if os.path.isdir(p)]
-    lines = [f"import site; site.addsitedir({p!r})" for p in dict.fromkeys(parents)]
-    Path(purelib, "_gearnb_parent_site.pth").write_text("\n".join(lines) + "\n")
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--disable-pip-version-check",
-         f"ipykernel>={major},<{major + 1}"], capture_output=True, text=True, timeout=240)
-    _require(install.returncode == 0, f"could not pip-install ipykernel {major}.x into a venv: "
-             f"{install.stderr.strip()[-500:]}")
-    return python
-
-
-class KernelSpecs:
-    """``gearnb-ipykernelN`` kernel specs, one per major version, in a JUPYTER_PATH of their own."""
-
-    def __init__(self, root: Path, pythons: dict[int, str]) -> None:
-        self.jupyter_path = root / "share"
-        self.kernel_dir = self.jupyter_path / "kernels"
-        self.versions: dict[int, str] = {}
-        pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-        for major, python in pythons.items():
-            version = _ipykernel_version(python)
-            assert version.split(".")[0] == str(major), f"{python} has ipykernel {version!r}, not {major}.x"
-            self.versions[major] = version
-            spec = self.kernel_dir / self.name(major)
-            spec.mkdir(parents=True)
-            (spec / "kernel.json").write_text(json.dumps({
-                "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                "display_name": self.display_name(major),
-                "language": "python",
-                "env": {"PYTHONPATH": pythonpath},  # this checkout's gearnb, also in the workers
-            }))
-
-    @staticmethod
-    def name(major: int) -> str:
-        return f"gearnb-ipykernel{major}"
-
-    def display_name(self, major: int) -> str:
-        return f"Python 3 (ipykernel {self.versions[major]})"
+from browser_harness import (
+    ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, JupyterServer, KernelSpecs, MAJORS, PANEL_WIDGET_ERRORS, QUICKSTART,
+    REPO, _assert_panels_rendered, _complete, _generated_notebook, _importable, _ipykernel_version, _panel,
+    _require, _run_all_in_browser, _venv_with_ipykernel,
+)
+from kernels import Kernel
 
 
 @pytest.fixture(scope="module")
@@ -154,55 +63,12 @@ def kernels(tmp_path_factory: pytest.TempPathFactory) -> KernelSpecs:
 
 # -- kernel level: the comm messages ---------------------------------------------------------
 
-class Kernel:
-    """A real kernel from a kernel spec; ``run`` executes one cell and returns its IOPub messages."""
-
-    def __init__(self, specs: KernelSpecs, major: int) -> None:
-        from jupyter_client import KernelManager
-        from jupyter_client.kernelspec import KernelSpecManager
-
-        self.km = KernelManager(kernel_name=specs.name(major),
-                                kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(specs.kernel_dir)]))
-        self.km.start_kernel(cwd=str(specs.kernel_dir.parent))
-        self.kc = self.km.client()
-        self.kc.start_channels()
-        try:
-            self.kc.wait_for_ready(timeout=60)
-        except BaseException:
-            self.close()
-            raise
-        self.cells: dict[str, int] = {}  # msg_id of an execute request -> cell number
-
-    def run(self, code: str, timeout: float = 60) -> tuple[str, list[dict[str, Any]]]:
-        msg_id = self.kc.execute(textwrap.dedent(code))
-        self.cells[msg_id] = len(self.cells)
-        messages = []
-        deadline = time.monotonic() + timeout
-        while True:  # IOPub up to this request's idle: everything the cell sent
-            msg = self.kc.get_iopub_msg(timeout=max(deadline - time.monotonic(), 0.1))
-            messages.append(msg)
-            if (msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
-                    and msg["parent_header"].get("msg_id") == msg_id):
-                break
-        while True:  # skip earlier replies (wait_for_ready's kernel_info)
-            reply = self.kc.get_shell_msg(timeout=max(deadline - time.monotonic(), 1))
-            if reply["parent_header"].get("msg_id") == msg_id:
-                break
-        errors = [m["content"] for m in messages if m["msg_type"] == "error"]
-        assert reply["content"]["status"] == "ok", errors or reply["content"]
-        return msg_id, messages
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.kc.stop_channels()
-        self.km.shutdown_kernel(now=False)  # lets the kernel stop its local cluster
-
-
 @pytest.fixture(params=MAJORS, ids=lambda m: f"ipykernel{m}")
 def kernel(request: pytest.FixtureRequest, kernels: KernelSpecs) -> Iterator[Kernel]:
-    k = Kernel(kernels, request.param)
+    k = Kernel(kernels.name(request.param), kernel_dirs=[str(kernels.kernel_dir)],
+               cwd=str(kernels.kernel_dir.parent))
     try:
-        _, messages = k.run("import ipykernel; print(ipykernel.__version__)")
+        messages = k.run("import ipykernel; print(ipykernel.__version__)")
         printed = "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream")
         assert printed.strip() == kernels.versions[request.param]
         yield k
@@ -210,39 +76,9 @@ def kernel(request: pytest.FixtureRequest, kernels: KernelSpecs) -> Iterator[Ker
         k.close()
 
 
-def _panel(messages: list[dict[str, Any]]) -> dict[str, Any]:
-    """The progress panel a cell opened: final states, the bar's history, the messages' parents."""
-    states: dict[str, dict[str, Any]] = {}
-    sent: dict[str, list[dict[str, Any]]] = {}  # comm_id -> its comm_open and update messages
-    history: list[tuple[Any, dict[str, Any]]] = []  # (date sent, bar state) for every bar update
-    for m in messages:
-        content = m["content"]
-        if m["msg_type"] == "comm_open":
-            states[content["comm_id"]] = dict(content["data"]["state"])
-        elif m["msg_type"] == "comm_msg" and content["data"].get("method") == "update":
-            states[content["comm_id"]].update(content["data"]["state"])
-        else:
-            continue
-        sent.setdefault(content["comm_id"], []).append(m)
-        if states[content["comm_id"]]["_model_name"] == "FloatProgressModel":
-            history.append((m["header"]["date"], content["comm_id"], dict(states[content["comm_id"]])))
-    boxes = [c for c, s in states.items()
-             if s["_model_name"] == "VBoxModel" and "gearnb-progress" in s.get("_dom_classes", [])]
-    assert len(boxes) == 1, f"one gearnb-progress panel expected, got {len(boxes)}"
-    box = states[boxes[0]]
-    header, info = (states[c.removeprefix("IPY_MODEL_")] for c in box["children"][:2])
-    bar = next(c.removeprefix("IPY_MODEL_") for c in header["children"]
-               if states[c.removeprefix("IPY_MODEL_")]["_model_name"] == "FloatProgressModel")
-    shown = [m for m in messages if m["msg_type"] == "display_data"
-             and m["content"]["data"].get("application/vnd.jupyter.widget-view+json", {}).get("model_id") == boxes[0]]
-    parents = {m["parent_header"].get("msg_id") for m in [*sent[boxes[0]], *sent[bar], *shown]}
-    return {"state": states[bar], "history": [(d, s) for d, c, s in history if c == bar],
-            "info": re.sub("<[^>]+>", "", info["value"]), "shown": len(shown), "parents": parents}
-
-
 def test_panel_updates_live_from_the_cell(kernel: Kernel) -> None:
     kernel.run("import time, gearnb\ngearnb.map(abs, range(4), progress=False)")  # the local cluster
-    msg_id, messages = kernel.run("""
+    msg_id, messages = kernel.execute("""
         def slow(x):
             time.sleep(0.1)
             return x
@@ -263,7 +99,7 @@ def test_panel_updates_live_from_the_cell(kernel: Kernel) -> None:
 
 
 def test_panel_turns_red_when_a_task_fails(kernel: Kernel) -> None:
-    msg_id, messages = kernel.run("""
+    msg_id, messages = kernel.execute("""
         import gearnb
 
         def boom(x):
@@ -287,7 +123,7 @@ def test_worker_print_shows_in_the_cell_that_ran_it(kernel: Kernel) -> None:
     the first cell that used gearnb; ipykernel (6 and 7) picks the output's cell from a context
     variable, so gearnb prints it in the calling cell's context (Executor._attach_output)."""
     kernel.run("import gearnb\ngearnb.map(abs, range(4), progress=False)")  # first use: connects here
-    msg_id, messages = kernel.run("""
+    msg_id, messages = kernel.execute("""
         def loud(x):
             print("hello from worker", x)
             return x
@@ -307,7 +143,7 @@ def test_many_lines_reach_the_cell_in_few_messages_each_tagged_with_its_item(ker
     line, so the kernel's stream sends it every flush interval: few messages, on both
     ipykernels (6 keeps one buffer, 7 one per cell), all in the calling cell."""
     kernel.run("import gearnb\ngearnb.map(abs, range(4), progress=False)")
-    msg_id, messages = kernel.run("""
+    msg_id, messages = kernel.execute("""
         def chatty(x):
             for j in range(5):
                 print(f"line {j} of item {x}")
@@ -325,71 +161,6 @@ def test_many_lines_reach_the_cell_in_few_messages_each_tagged_with_its_item(ker
 
 
 # -- browser level: Notebook 7 + Chromium ----------------------------------------------------
-
-class JupyterServer:
-    """``jupyter notebook`` on a free loopback port, a known token, a temporary root dir."""
-
-    def __init__(self, root: Path, specs: KernelSpecs) -> None:
-        self.root = root / "notebooks"
-        self.root.mkdir()
-        self.port = free_port()
-        self.token = uuid.uuid4().hex
-        self.log_path = root / "jupyter.log"
-        env = dict(os.environ,
-                   JUPYTER_PATH=str(specs.jupyter_path),      # the gearnb-ipykernelN specs
-                   JUPYTER_CONFIG_DIR=str(root / "config"),   # no user config
-                   JUPYTER_RUNTIME_DIR=str(root / "runtime"),
-                   JUPYTERLAB_SETTINGS_DIR=str(root / "lab-settings"),
-                   JUPYTERLAB_WORKSPACES_DIR=str(root / "lab-workspaces"),
-                   IPYTHONDIR=str(root / "ipython"),
-                   JUPYTER_PLATFORM_DIRS="1")
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "notebook", "--no-browser", "--allow-root",
-             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
-             f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=str(self.root), start_new_session=True)
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                self.api("GET", "api/status", timeout=2)
-                break
-            except (OSError, urllib.error.URLError):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"Jupyter did not start; its log:\n{self.tail()}") from None
-                time.sleep(0.25)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{path}"
-
-    def api(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
-        request = urllib.request.Request(
-            self.url(path), method=method, data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            data = response.read()
-        return json.loads(data) if data else None
-
-    def tail(self, lines: int = 40) -> str:
-        self.log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):  # shut the kernels down first (they stop their clusters)
-            for session in self.api("GET", "api/sessions", timeout=5):
-                self.api("DELETE", f"api/sessions/{session['id']}", timeout=20)
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.log.close()
-
 
 @pytest.fixture(scope="module")
 def jupyter(tmp_path_factory: pytest.TempPathFactory, kernels: KernelSpecs) -> Iterator[JupyterServer]:
@@ -415,177 +186,6 @@ def browser(jupyter: JupyterServer) -> Iterator[Any]:
             yield chromium
         finally:
             chromium.close()
-
-
-# What the page shows, read in one round trip: prompts, kernel status, every gearnb panel.
-# textContent, not innerText: Notebook 7 skips rendering cells scrolled out of view
-# (content-visibility), and innerText of those is empty.
-PAGE_STATE_JS = """() => {
-  const nb = document.querySelector('.jp-Notebook');
-  const panels = [...document.querySelectorAll('.jp-Notebook .gearnb-progress')].map(panel => {
-    const bar = panel.querySelector('.progress .progress-bar');  // the overall bar comes first
-    return {width: bar ? parseFloat(bar.style.width || '0') : null,
-            classes: bar ? bar.className : '', text: panel.textContent};
-  });
-  const indicator = document.querySelector('.jp-Notebook-ExecutionIndicator');
-  return {
-    prompts: [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
-               .map(e => e.textContent.trim()),
-    status: indicator ? indicator.dataset.status : null,
-    kernel: (document.querySelector('.jp-Toolbar-kernelName') || {}).textContent || '',
-    panels: panels,
-    text: nb ? nb.textContent : '',
-    dialog: !!document.querySelector('.jp-Dialog'),
-  };
-}"""
-
-
-def _notebook_copy(server: JupyterServer, source: Path, kernel_name: str, display_name: str) -> tuple[str, int]:
-    """Copy a notebook into the server's root, pointed at one kernel spec; (name, code cells)."""
-    nb = json.loads(source.read_text())
-    nb.setdefault("metadata", {})["kernelspec"] = {"name": kernel_name, "display_name": display_name,
-                                                   "language": "python"}
-    for cell in nb["cells"]:  # start from a clean notebook even if the source was saved with outputs
-        if cell["cell_type"] == "code":
-            cell["outputs"], cell["execution_count"] = [], None
-    nb["metadata"].pop("widgets", None)
-    name = f"{source.stem}-{kernel_name}.ipynb"
-    (server.root / name).write_text(json.dumps(nb, indent=1))
-    return name, sum(c["cell_type"] == "code" for c in nb["cells"])
-
-
-def _generated_notebook(tmp_path: Path, cells: list[str]) -> Path:
-    path = tmp_path / "live.ipynb"
-    path.write_text(json.dumps({
-        "nbformat": 4, "nbformat_minor": 5, "metadata": {},
-        "cells": [{"cell_type": "code", "id": f"c{i}", "metadata": {}, "execution_count": None, "outputs": [],
-                   "source": textwrap.dedent(code).strip()} for i, code in enumerate(cells)]}))
-    return path
-
-
-# Where each front end opens a notebook.
-UI_PATHS = {"notebook": "notebooks/{name}", "lab": "lab/tree/{name}"}
-
-
-def _run_all_in_browser(browser: Any, server: JupyterServer, source: Path, kernel_name: str,
-                        display_name: str, shot: str, *, ui: str = "notebook",
-                        watch: Callable[[Any, dict[str, Any]], None] | None = None,
-                        inspect: Callable[[Any], Any] | None = None) -> dict[str, Any]:
-    """Open a notebook in Notebook 7 (``ui="notebook"``) or JupyterLab (``"lab"``), Run All
-    Cells, sample the page until the kernel is done; ``watch(page, state)`` is called with
-    each sample (to catch a moment on a screenshot), ``inspect(page)`` once at the end, its
-    result kept as ``state["inspected"]``.
-
-    Returns the final page state, the distinct panel states seen on the way (``samples``) and
-    the screenshot paths. The session is deleted at the end, which stops the kernel.
-    """
-    name, code_cells = _notebook_copy(server, source, kernel_name, display_name)
-    # A session made up front starts the wanted kernel before the page opens.
-    session = server.api("POST", "api/sessions", {"path": name, "type": "notebook", "name": name,
-                                                  "kernel": {"name": kernel_name}})
-    if ui == "lab":
-        # JupyterLab reopens the notebooks of its saved workspace: only this one is wanted.
-        with contextlib.suppress(urllib.error.HTTPError):
-            server.api("DELETE", "lab/api/workspaces/default")
-    page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    page.set_default_timeout(30_000)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shots = {"final": ARTIFACTS / f"{shot}.png", "panel": ARTIFACTS / f"{shot}-panel.png",
-             "running": ARTIFACTS / f"{shot}-running.png"}
-    for path in shots.values():
-        path.unlink(missing_ok=True)
-    samples: list[list[tuple[float | None, str]]] = []
-    try:
-        page.goto(server.url(UI_PATHS[ui].format(name=name) + f"?token={server.token}"), timeout=60_000)
-        page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=60_000)
-        # Wait until the page shows our kernel, idle, with no dialog, for a moment. Notebook 7
-        # sometimes asks for a kernel even for a notebook with a running session ("Select
-        # Kernel", the notebook's own kernel preselected): accept that dialog whenever it shows.
-        deadline = time.monotonic() + 60
-        ready_since = None
-        while True:
-            state = page.evaluate(PAGE_STATE_JS)
-            if state["dialog"]:
-                page.click(".jp-Dialog .jp-mod-accept")
-                ready_since = None
-            elif state["status"] == "idle" and display_name in state["kernel"]:
-                ready_since = ready_since or time.monotonic()
-                if time.monotonic() - ready_since > 1.5:
-                    break
-            else:
-                ready_since = None
-            assert time.monotonic() < deadline, (f"kernel {display_name!r} not idle in the page: "
-                                                 f"{state['kernel']!r} {state['status']}\n{server.tail()}")
-            time.sleep(0.2)
-
-        def run_all() -> None:
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.click("li[data-command='runmenu:run-all']")
-
-        run_all()
-        panel_cells = page.locator(".jp-Notebook .jp-Cell").filter(has=page.locator(".gearnb-progress"))
-        started = False
-        quiet_since = None
-        deadline = time.monotonic() + RUN_ALL_TIMEOUT
-        while True:
-            state = page.evaluate(PAGE_STATE_JS)
-            if time.monotonic() > deadline:
-                page.screenshot(path=str(shots["final"]))
-                raise AssertionError(f"Run All did not finish in {RUN_ALL_TIMEOUT} s: prompts {state['prompts']}, "
-                                     f"status {state['status']}; screenshot {shots['final']}\n{server.tail()}")
-            if state["dialog"]:  # as above; then Run All again if nothing had started
-                page.click(".jp-Dialog .jp-mod-accept")
-                if not started:
-                    time.sleep(1)
-                    run_all()
-                continue
-            if watch is not None:
-                watch(page, state)
-            panels = [(p["width"], p["classes"]) for p in state["panels"]]
-            if not samples or samples[-1] != panels:
-                samples.append(panels)
-                moving = [i for i, (w, _) in enumerate(panels) if 0 < (w or 0) < 100]
-                if moving and not shots["running"].exists():  # the cell of a bar in motion
-                    with contextlib.suppress(Exception):
-                        panel_cells.nth(moving[0]).screenshot(path=str(shots["running"]), timeout=5_000)
-            prompts = state["prompts"]
-            busy = any("*" in p for p in prompts)
-            started = started or busy or any(re.fullmatch(r"\[\d+\]:", p) for p in prompts)
-            if started and not busy and state["status"] == "idle":
-                quiet_since = quiet_since or time.monotonic()
-                if time.monotonic() - quiet_since > 1.0:
-                    break
-            else:
-                quiet_since = None
-            time.sleep(0.1)
-        if panel_cells.count():
-            panel_cells.first.screenshot(path=str(shots["panel"]))
-            panel_cells.first.scroll_into_view_if_needed()
-        page.screenshot(path=str(shots["final"]))
-        for path in shots.values():
-            if path.exists():
-                print(f"screenshot: {path}")
-        state["inspected"] = inspect(page) if inspect is not None else None
-        state["samples"] = samples
-        state["code_cells"] = code_cells
-        state["shots"] = shots
-        return state
-    finally:
-        page.close()
-        with contextlib.suppress(Exception):
-            server.api("DELETE", f"api/sessions/{session['id']}", timeout=20)
-
-
-def _assert_panels_rendered(state: dict[str, Any]) -> None:
-    errors = [e for e in PANEL_WIDGET_ERRORS if e in state["text"]]
-    assert not errors, f"widget not rendered: {errors}; screenshot {state['shots']['final']}"
-    assert state["panels"], f"no .gearnb-progress panel in the page; screenshot {state['shots']['final']}"
-
-
-def _complete(panel: dict[str, Any]) -> bool:
-    match = re.search(r"(\d+)/(\d+) done", panel["text"])
-    return (panel["width"] == 100 and "progress-bar-success" in panel["classes"]
-            and match is not None and match.group(1) == match.group(2))
 
 
 @pytest.mark.parametrize("major", MAJORS, ids=lambda m: f"ipykernel{m}")
